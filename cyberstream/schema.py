@@ -1,0 +1,156 @@
+"""The authentication event: one line of CyberFLTenDays.csv, parsed strictly.
+
+Columns (LANL auth.txt, first ten days, with a red-team label)::
+
+    secs,src_name,dest_name,src_host,dest_host,auth_type,login_type,stage,result,label
+
+The row number (0-based, header excluded) is the event's ``log_id``.
+
+Missing values: LANL writes ``?`` for an unknown value.
+
+* In the attribute fields (``auth_type``, ``login_type``, ``stage``, ``result``) ``?``
+  means *missing*: ``None`` in Python, ``null`` in JSON, NaN in pandas, so featuretools
+  treats it as missing (MODE and NUM_UNIQUE skip it).
+* In the identity fields (``src_name``, ``dest_name``, ``src_host``, ``dest_host``) the
+  token ``?`` is kept as the literal string ``"?"``: an unknown host is still a value a
+  connection id is built from, and no row is dropped because of it. An *empty* identity
+  field is an error.
+
+Parsing never coerces: a row with the wrong number of columns, a non-integer or negative
+``secs``, an empty identity field or an unknown label raises :class:`SchemaError` with a
+reason a person can act on.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+COLUMNS: tuple[str, ...] = (
+    "secs",
+    "src_name",
+    "dest_name",
+    "src_host",
+    "dest_host",
+    "auth_type",
+    "login_type",
+    "stage",
+    "result",
+    "label",
+)
+HEADER = ",".join(COLUMNS)
+MISSING = "?"
+IDENTITY_FIELDS: tuple[str, ...] = ("src_name", "dest_name", "src_host", "dest_host")
+ATTRIBUTE_FIELDS: tuple[str, ...] = ("auth_type", "login_type", "stage", "result")
+#: Fields of an event as it travels on the event topic (the label never does).
+EVENT_FIELDS: tuple[str, ...] = ("log_id", "secs", *IDENTITY_FIELDS, *ATTRIBUTE_FIELDS)
+LABEL_CLEAN = "N"
+LABEL_MALICIOUS = "A"
+LABELS: dict[str, bool] = {LABEL_CLEAN: False, LABEL_MALICIOUS: True}
+
+
+class SchemaError(ValueError):
+    """A record that does not follow the event schema; ``reason`` says why."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One authentication event (without its label)."""
+
+    log_id: int
+    secs: int
+    src_name: str
+    dest_name: str
+    src_host: str
+    dest_host: str
+    auth_type: str | None
+    login_type: str | None
+    stage: str | None
+    result: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The event as the JSON object sent on the event topic."""
+        return {f: getattr(self, f) for f in EVENT_FIELDS}
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.to_dict(), separators=(",", ":")).encode()
+
+
+def parse_secs(raw: str) -> int:
+    """Parse ``secs``: a non-negative integer written in decimal digits."""
+    text = raw.strip()
+    if not text.isdigit() or not text.isascii():
+        raise SchemaError(f"secs must be a non-negative integer, got {raw!r}")
+    return int(text)
+
+
+def parse_label(raw: str) -> bool:
+    """``N`` -> False (clean), ``A`` -> True (malicious); anything else is an error."""
+    try:
+        return LABELS[raw.strip()]
+    except KeyError:
+        raise SchemaError(f"label must be one of {sorted(LABELS)}, got {raw!r}") from None
+
+
+def _identity(name: str, raw: str) -> str:
+    value = raw.strip()
+    if not value:
+        raise SchemaError(f"{name} is empty")
+    return value
+
+
+def _attribute(raw: str) -> str | None:
+    value = raw.strip()
+    return None if value in (MISSING, "") else value
+
+
+def parse_row(fields: list[str], log_id: int) -> tuple[Event, bool]:
+    """Parse the fields of one CSV row into an event and its label (True = malicious)."""
+    if len(fields) != len(COLUMNS):
+        raise SchemaError(f"expected {len(COLUMNS)} columns ({HEADER}), got {len(fields)}")
+    secs = parse_secs(fields[0])
+    ids = [_identity(n, v) for n, v in zip(IDENTITY_FIELDS, fields[1:5], strict=True)]
+    attrs = [_attribute(v) for v in fields[5:9]]
+    label = parse_label(fields[9])
+    return Event(log_id, secs, *ids, *attrs), label
+
+
+def event_from_dict(obj: Any) -> Event:
+    """Validate a decoded event-topic JSON object and build the event from it."""
+    if not isinstance(obj, dict):
+        raise SchemaError(f"event must be a JSON object, got {type(obj).__name__}")
+    missing = [f for f in EVENT_FIELDS if f not in obj]
+    if missing:
+        raise SchemaError(f"event lacks field(s) {missing}")
+    log_id, secs = obj["log_id"], obj["secs"]
+    if not isinstance(log_id, int) or isinstance(log_id, bool) or log_id < 0:
+        raise SchemaError(f"log_id must be a non-negative integer, got {log_id!r}")
+    if not isinstance(secs, int) or isinstance(secs, bool) or secs < 0:
+        raise SchemaError(f"secs must be a non-negative integer, got {secs!r}")
+    ids = []
+    for f in IDENTITY_FIELDS:
+        v = obj[f]
+        if not isinstance(v, str) or not v.strip():
+            raise SchemaError(f"{f} must be a non-empty string, got {v!r}")
+        ids.append(v)
+    attrs = []
+    for f in ATTRIBUTE_FIELDS:
+        v = obj[f]
+        if v is not None and not isinstance(v, str):
+            raise SchemaError(f"{f} must be a string or null, got {v!r}")
+        attrs.append(v)
+    return Event(log_id, secs, *ids, *attrs)
+
+
+def decode_event(raw: bytes) -> Event:
+    """Decode an event-topic message value; malformed input raises :class:`SchemaError`."""
+    try:
+        obj = json.loads(raw)
+    except (ValueError, TypeError) as exc:
+        raise SchemaError(f"value is not valid JSON: {exc}") from None
+    return event_from_dict(obj)

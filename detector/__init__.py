@@ -1,0 +1,1 @@
+"""Detector: streaming features per connection, batch + online scoring, alerts."""

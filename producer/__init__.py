@@ -1,0 +1,1 @@
+"""Producer: the LANL-like generator and the Kafka replay of a CyberFLTenDays CSV."""

@@ -1,0 +1,1 @@
+"""Training: the EntitySet, labels, Deep Feature Synthesis and the batch model."""
