@@ -20,8 +20,6 @@ DEFAULT_MODEL_DIR = Path("models")
 #: Kafka record timestamps and featuretools' datetime time index are this epoch plus
 #: ``secs`` (LANL's ``secs`` count from an undisclosed start; any fixed base works).
 DEFAULT_BASE_EPOCH = 1_577_836_800  # 2020-01-01T00:00:00Z, in seconds
-#: Where the local broker and other run-time state live (ignored by git).
-DEFAULT_STATE_DIR = Path(os.environ.get("CYBERSTREAM_HOME", Path.cwd() / "var"))
 
 #: environment variable -> what it sets
 ENV: dict[str, str] = {
@@ -85,3 +83,8 @@ def data_path() -> Path:
 
 def model_dir() -> Path:
     return Path(env("CYBERSTREAM_MODEL_DIR", str(DEFAULT_MODEL_DIR)))
+
+
+def state_dir() -> Path:
+    """Where the local broker and other run-time state live (``./var``, ignored by git)."""
+    return Path(env("CYBERSTREAM_HOME", str(Path.cwd() / "var")))
