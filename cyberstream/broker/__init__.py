@@ -230,6 +230,13 @@ class LocalBroker:
                 raise BrokerError(
                     f"the Kafka broker exited with code {proc.returncode} while starting:\n{self.log_tail(st)}"
                 )
+            host, port = st.bootstrap.rsplit(":", 1)
+            try:  # cheap TCP probe first: kafka-python backs off for seconds on refused connections
+                socket.create_connection((host, int(port)), timeout=1).close()
+            except OSError as exc:
+                last_error = exc
+                time.sleep(0.2)
+                continue
             try:
                 admin = KafkaAdminClient(bootstrap_servers=st.bootstrap, request_timeout_ms=5000,
                                          client_id="cyberstream-broker-check")  # fmt: skip
