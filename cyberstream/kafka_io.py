@@ -150,3 +150,20 @@ def ensure_topics(bootstrap: str, topics: Mapping[str, int], timeout: float = 30
             time.sleep(0.2)
         counts[name] = n
     return counts
+
+
+def dead_letter(source: str, reason: str, raw: bytes | str | None) -> bytes:
+    """The dead-letter message for a record that could not be used: where, why, and the raw bytes.
+
+    ``raw`` is kept as text when it decodes as UTF-8, else as hex, so nothing is lost.
+    """
+    if isinstance(raw, bytes):
+        try:
+            raw_text, encoding = raw.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            raw_text, encoding = raw.hex(), "hex"
+    else:
+        raw_text, encoding = raw, "utf-8"
+    return json_bytes(
+        {"source": source, "reason": reason, "raw": raw_text, "raw_encoding": encoding, "at": round(time.time(), 3)}
+    )

@@ -154,3 +154,44 @@ def decode_event(raw: bytes) -> Event:
     except (ValueError, TypeError) as exc:
         raise SchemaError(f"value is not valid JSON: {exc}") from None
     return event_from_dict(obj)
+
+
+@dataclass(frozen=True, slots=True)
+class LabelRecord:
+    """An analyst's verdict on one event, as it travels on the label topic.
+
+    The message is keyed by the connection id, like the event, and its Kafka timestamp is
+    the event time at which the verdict was published (``base_epoch + secs + label delay``).
+    """
+
+    connection: str
+    log_id: int
+    secs: int
+    malicious: bool
+
+    def to_json(self) -> bytes:
+        label = LABEL_MALICIOUS if self.malicious else LABEL_CLEAN
+        obj = {"connection": self.connection, "log_id": self.log_id, "secs": self.secs, "label": label}
+        return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def decode_label(raw: bytes) -> LabelRecord:
+    """Decode a label-topic message value; malformed input raises :class:`SchemaError`."""
+    try:
+        obj = json.loads(raw)
+    except (ValueError, TypeError) as exc:
+        raise SchemaError(f"value is not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise SchemaError(f"label must be a JSON object, got {type(obj).__name__}")
+    missing = [f for f in ("connection", "log_id", "secs", "label") if f not in obj]
+    if missing:
+        raise SchemaError(f"label lacks field(s) {missing}")
+    conn, log_id, secs, label = obj["connection"], obj["log_id"], obj["secs"], obj["label"]
+    if not isinstance(conn, str) or not conn:
+        raise SchemaError(f"connection must be a non-empty string, got {conn!r}")
+    for name, v in (("log_id", log_id), ("secs", secs)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise SchemaError(f"{name} must be a non-negative integer, got {v!r}")
+    if label not in LABELS:
+        raise SchemaError(f"label must be one of {sorted(LABELS)}, got {label!r}")
+    return LabelRecord(conn, log_id, secs, LABELS[label])

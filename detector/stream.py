@@ -1,0 +1,680 @@
+"""The streaming detector: consume events and labels, score every cutoff, publish alerts.
+
+How the stream is cut into work (all of it deterministic, so a restarted detector
+reproduces exactly the alerts of an uninterrupted one):
+
+* **Seconds, in global event-time order.** Events are buffered per partition; second ``s``
+  is processed once every assigned partition is known through ``s`` (it holds a later
+  event, or it is caught up with the broker). All events of second ``s`` then go into the
+  feature engine, and each connection that had events in ``s`` gets a cutoff at ``s``
+  (the training issue's definition: one cutoff per connection per distinct ``secs``, at
+  the last event of that second). Eligible cutoffs (at least N earlier events) are scored.
+* **Learning in event-time steps.** Labels are applied, and the online model learns from
+  the cutoffs they resolve, at every multiple of ``learn_every_secs`` of event time. A
+  label's arrival time is its record timestamp (the producer stamps it with the event
+  time at which it was published, ``secs + label delay``), so the online model never
+  sees a label before the label topic delivers it, and scores between two steps use the
+  same model state however the records were batched.
+* **Commit points** fall between seconds. The alerts produced so far are flushed
+  (acknowledged by the broker), the checkpoint (online model, per-connection counters,
+  pending cutoffs, cooldowns and the next offsets of every partition of both topics) is
+  written atomically, then the same offsets are committed to the consumer group.
+* **Restart.** Offsets come from the checkpoint (else the group's commits); each events
+  partition's window is rebuilt by re-reading the log from the window's start (record
+  timestamps are event time) without scoring, then consumption resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import signal
+import tempfile
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cyberstream.connections import connection_id
+from cyberstream.kafka_io import dead_letter, json_bytes, make_consumer, make_producer
+from cyberstream.schema import SchemaError, decode_event, decode_label
+from detector.alerts import FeatureExplainer, build_alert
+from detector.online import OnlineModel
+from training.labels import LabelSpec, resolve_label
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class DetectorConfig:
+    """Everything the detector loop needs besides its models (see ``detect --help``)."""
+
+    bootstrap: str
+    group_id: str
+    events_topic: str
+    labels_topic: str
+    alerts_topic: str
+    dlq_topic: str
+    checkpoint_path: Path
+    kind: str = "session"
+    window_secs: int = 86_400
+    label_spec: LabelSpec = field(default_factory=LabelSpec)
+    threshold: float = 0.5
+    cooldown_secs: int = 3_600
+    learn_every_secs: int = 60
+    online_weight: float = 0.5
+    online_warmup_positives: int = 20
+    batch_size: int = 4_096
+    checkpoint_every_secs: float = 10.0
+    max_events: int | None = None
+    idle_timeout: float | None = None
+    idle_drop_secs: int | None = None
+    base_epoch: int = 1_577_836_800
+    log_every_secs: float = 10.0
+    poll_records: int = 20_000
+
+
+@dataclass
+class Pending:
+    """A scored cutoff waiting for its label: position, time, the online model's inputs."""
+
+    k: int
+    secs: int
+    x: np.ndarray
+
+
+@dataclass
+class ConnState:
+    """What the detector remembers of one connection besides its feature window."""
+
+    partition: int
+    n_seen: int = 0
+    last_secs: int = -1
+    base: int = 0  # position (event index in the connection) of recent[0]
+    recent: deque = field(default_factory=deque)  # (log_id, secs) of positions base .. n_seen-1
+    labels: dict = field(default_factory=dict)  # log_id -> (malicious, secs), arrived labels
+    pending: deque = field(default_factory=deque)  # Pending cutoffs, oldest first
+    last_alert_secs: int | None = None
+
+    def prune(self, spec: LabelSpec) -> None:
+        """Forget positions and labels no pending or future cutoff can need."""
+        keep_from = (self.pending[0].k if self.pending else self.n_seen) + spec.lead
+        while self.recent and self.base < keep_from:
+            self.recent.popleft()
+            self.base += 1
+        if self.labels:
+            oldest = self.recent[0][1] if self.recent else self.last_secs + 1
+            known = {lid for lid, _ in self.recent}
+            for lid in [lid for lid, (_, s) in self.labels.items() if s < oldest and lid not in known]:
+                del self.labels[lid]
+
+    def window_labels(self) -> list[bool | None]:
+        return [self.labels[lid][0] if lid in self.labels else None for lid, _ in self.recent]
+
+
+@dataclass
+class Stats:
+    events: int = 0
+    malformed: int = 0
+    labels: int = 0
+    cutoffs: int = 0
+    alerts: int = 0
+    suppressed: int = 0
+    learned: int = 0
+    learned_positive: int = 0
+    rebuilt: int = 0
+    feature_secs: float = 0.0
+    model_secs: float = 0.0
+    started: float = field(default_factory=time.monotonic)
+
+
+class StreamDetector:
+    """One detector instance in a consumer group (see the module docstring)."""
+
+    def __init__(self, cfg: DetectorConfig, batch_model: Any, engine_factory: Any, explainer: FeatureExplainer):
+        self.cfg = cfg
+        self.batch = batch_model
+        self.engine_factory = engine_factory
+        self.engine = engine_factory()
+        self.explainer = explainer
+        self.online = OnlineModel(batch_model.online_feature_names)
+        self.online_cols = list(batch_model.online_feature_names)
+        self.idle_drop_secs = max(cfg.idle_drop_secs or cfg.window_secs, cfg.window_secs)
+        self.conns: dict[str, ConnState] = {}
+        self.event_q: dict[int, deque] = {}
+        self.label_q: dict[int, deque] = {}
+        self.next_event_offset: dict[int, int] = {}
+        self.next_label_offset: dict[int, int] = {}
+        self.end_offsets: dict[tuple[str, int], int] = {}
+        self.end_offsets_at = 0.0
+        self.processed_secs = -1  # last second fully processed
+        self.next_boundary: int | None = None
+        self.next_sweep: int | None = None
+        self.batch_rows: list[tuple[str, int, int, int]] = []  # (conn, secs, k, log_id)
+        self.batch_frames: list[pd.DataFrame] = []
+        self.stats = Stats()
+        self.stop_requested = False
+        self.send_errors: list[BaseException] = []
+        self.producer = make_producer(cfg.bootstrap, client_id=f"{cfg.group_id}-alerts")
+        self.consumer = None
+        self.final_lag: int | None = None
+        self.dlq_sent = 0
+
+    # ------------------------------------------------------------------ lifecycle
+    def request_stop(self, *_: Any) -> None:
+        self.stop_requested = True
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+
+    def run(self) -> Stats:
+        from kafka import ConsumerRebalanceListener
+
+        cfg = self.cfg
+        detector = self
+
+        class Listener(ConsumerRebalanceListener):
+            def on_partitions_revoked(self, revoked):
+                detector._on_revoked(revoked)
+
+            def on_partitions_assigned(self, assigned):
+                detector._on_assigned(assigned)
+
+        # RangeAssignor gives the same partition numbers of the two co-partitioned topics to
+        # the same member, so a detector owning events of partition p also owns their labels.
+        from kafka.coordinator.assignors.range import RangePartitionAssignor
+
+        self.consumer = make_consumer(
+            cfg.bootstrap, group_id=cfg.group_id, max_poll_records=cfg.poll_records,
+            partition_assignment_strategy=[RangePartitionAssignor],
+            client_id=f"{cfg.group_id}-consumer",
+        )  # fmt: skip
+        self.consumer.subscribe([cfg.events_topic, cfg.labels_topic], listener=Listener())
+        last_commit = last_log = time.monotonic()
+        last_data = time.monotonic()
+        try:
+            while not self.stop_requested:
+                records = self.consumer.poll(timeout_ms=200)
+                if records:
+                    last_data = time.monotonic()
+                    self._enqueue(records)
+                self._advance(final=False)
+                now = time.monotonic()
+                if now - last_commit >= cfg.checkpoint_every_secs:
+                    self._commit()
+                    last_commit = now
+                if now - last_log >= cfg.log_every_secs:
+                    self._log_progress()
+                    last_log = now
+                if cfg.max_events is not None and self.stats.events >= cfg.max_events:
+                    log.info("reached --max-events %d", cfg.max_events)
+                    break
+                if (cfg.idle_timeout is not None and now - last_data >= cfg.idle_timeout
+                        and self._caught_up()):  # fmt: skip
+                    log.info("no new records for %.0f s: end of stream", cfg.idle_timeout)
+                    self._advance(final=True)
+                    break
+            self._commit()
+        finally:
+            try:
+                self.final_lag = self.lag()
+            except Exception:  # the broker may be gone; the summary says "unknown"
+                self.final_lag = None
+            self.consumer.close(autocommit=False)
+            self.producer.flush()
+            self.producer.close()
+        self._log_progress(final=True)
+        return self.stats
+
+    # ------------------------------------------------------------------ rebalancing
+    def _on_revoked(self, revoked) -> None:
+        if not self.event_q:
+            return
+        self._commit()
+        gone = {tp.partition for tp in revoked if tp.topic == self.cfg.events_topic}
+        for conn in [c for c, st in self.conns.items() if st.partition in gone]:
+            del self.conns[conn]
+        for p in gone:
+            self.event_q.pop(p, None)
+            self.label_q.pop(p, None)
+            self.next_event_offset.pop(p, None)
+            self.next_label_offset.pop(p, None)
+        # The feature windows of the remaining partitions are rebuilt with the new ones.
+        self.engine = self.engine_factory()
+
+    def _on_assigned(self, assigned) -> None:
+        from kafka.structs import TopicPartition
+
+        cfg = self.cfg
+        parts = sorted({tp.partition for tp in assigned if tp.topic == cfg.events_topic})
+        label_parts = sorted({tp.partition for tp in assigned if tp.topic == cfg.labels_topic})
+        if parts != label_parts:
+            log.warning("events partitions %s and labels partitions %s differ: are the topics co-partitioned?",
+                        parts, label_parts)  # fmt: skip
+        ckpt = self._load_checkpoint()
+        if ckpt is not None:  # keep only the connections of partitions this member now owns
+            self.conns = {c: st for c, st in self.conns.items() if st.partition in parts}
+        for p in parts:
+            self.event_q.setdefault(p, deque())
+            self.label_q.setdefault(p, deque())
+        for p in label_parts:
+            self.label_q.setdefault(p, deque())
+        for topic, offsets, ps in ((cfg.events_topic, "events", parts), (cfg.labels_topic, "labels", label_parts)):
+            for p in ps:
+                tp = TopicPartition(topic, p)
+                start = (ckpt or {}).get("offsets", {}).get(offsets, {}).get(p)
+                if start is None:
+                    committed = self.consumer.committed(tp)
+                    start = committed if committed is not None else None
+                if start is not None:
+                    self.consumer.seek(tp, start)
+                    (self.next_event_offset if offsets == "events" else self.next_label_offset)[p] = start
+        # Every partition's window is rebuilt into a fresh engine (cheap: one window of events).
+        self.engine = self.engine_factory()
+        for p in sorted(self.event_q):
+            end = self.next_event_offset.get(p)
+            if end:
+                self._rebuild(p, end)
+
+    def _rebuild(self, partition: int, end_offset: int) -> None:
+        """Re-read partition's events of the window before ``end_offset`` into the engine."""
+        from kafka.structs import TopicPartition
+
+        cfg = self.cfg
+        tp = TopicPartition(cfg.events_topic, partition)
+        reader = make_consumer(cfg.bootstrap, group_id=None, client_id=f"{cfg.group_id}-rebuild")
+        try:
+            reader.assign([tp])
+            if self.processed_secs >= 0:
+                from_secs = self.processed_secs - cfg.window_secs + 1
+            else:
+                reader.seek(tp, end_offset - 1)
+                last = self._read_one(reader)
+                from_secs = (last.timestamp // 1000 - cfg.base_epoch) - cfg.window_secs + 1 if last else 0
+            found = reader.offsets_for_times({tp: max(0, (cfg.base_epoch + from_secs) * 1000)})
+            start = found[tp].offset if found.get(tp) is not None else end_offset
+            if start >= end_offset:
+                return
+            reader.seek(tp, start)
+            n = 0
+            pos = start
+            while pos < end_offset:
+                for recs in reader.poll(timeout_ms=1000).values():
+                    for r in recs:
+                        if r.offset >= end_offset:
+                            break
+                        pos = r.offset + 1
+                        try:
+                            ev = decode_event(r.value)
+                        except SchemaError:
+                            continue
+                        self.engine.observe(ev)
+                        n += 1
+            self.stats.rebuilt += n
+            log.info("partition %d: rebuilt the window from %d events (offsets %d..%d)", partition, n, start,
+                     end_offset - 1)  # fmt: skip
+        finally:
+            reader.close()
+
+    @staticmethod
+    def _read_one(reader):
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            for recs in reader.poll(timeout_ms=500, max_records=1).values():
+                if recs:
+                    return recs[0]
+        return None
+
+    # ------------------------------------------------------------------ input
+    def _enqueue(self, records) -> None:
+        cfg = self.cfg
+        for tp, recs in records.items():
+            if tp.topic == cfg.events_topic:
+                q = self.event_q.setdefault(tp.partition, deque())
+                for r in recs:
+                    try:
+                        q.append((r.offset, decode_event(r.value)))
+                    except SchemaError as exc:
+                        self._dead_letter(tp, r, exc.reason)
+                        if not q:  # nothing unprocessed before it: it counts as processed
+                            self.next_event_offset[tp.partition] = r.offset + 1
+            else:
+                q = self.label_q.setdefault(tp.partition, deque())
+                for r in recs:
+                    try:
+                        lab = decode_label(r.value)
+                    except SchemaError as exc:
+                        self._dead_letter(tp, r, exc.reason)
+                        if not q:
+                            self.next_label_offset[tp.partition] = r.offset + 1
+                        continue
+                    # Arrival in event time: the record timestamp the producer stamped.
+                    q.append((r.offset, lab, r.timestamp // 1000 - cfg.base_epoch))
+
+    def _dead_letter(self, tp, record, reason: str) -> None:
+        self.stats.malformed += 1
+        value = dead_letter(source=f"{tp.topic}[{tp.partition}]@{record.offset}", reason=reason, raw=record.value)
+        self.producer.send(self.cfg.dlq_topic, key=record.key, value=value).add_errback(self.send_errors.append)
+        self.dlq_sent += 1
+
+    def _refresh_end_offsets(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.end_offsets_at < 0.5:
+            return
+        tps = list(self.consumer.assignment())
+        if tps:
+            self.end_offsets = {(tp.topic, tp.partition): o for tp, o in self.consumer.end_offsets(tps).items()}
+        self.end_offsets_at = now
+
+    def _partition_caught_up(self, topic: str, p: int) -> bool:
+        from kafka.structs import TopicPartition
+
+        end = self.end_offsets.get((topic, p))
+        if end is None:
+            return False
+        return self.consumer.position(TopicPartition(topic, p)) >= end
+
+    def _caught_up(self) -> bool:
+        self._refresh_end_offsets(force=True)
+        return all(self._partition_caught_up(self.cfg.events_topic, p) and not self.event_q[p]
+                   for p in self.event_q)  # fmt: skip
+
+    def _known_through(self, topic: str, q: deque, p: int, secs: int, key) -> bool:
+        if q and key(q[-1]) > secs:
+            return True
+        self._refresh_end_offsets()
+        return self._partition_caught_up(topic, p)
+
+    # ------------------------------------------------------------------ processing
+    def _advance(self, final: bool) -> None:
+        cfg = self.cfg
+        while not self.stop_requested or final:
+            heads = [q[0] for q in self.event_q.values() if q]
+            if not heads:
+                return
+            s = min(self._event_secs(h) for h in heads)
+            if not final:
+                for p, q in self.event_q.items():
+                    if not self._known_through(cfg.events_topic, q, p, s, self._event_secs):
+                        return
+            if self.next_boundary is None:
+                self.next_boundary = (s // cfg.learn_every_secs + 1) * cfg.learn_every_secs
+                self.next_sweep = s + self.idle_drop_secs // 4
+            if s >= self.next_boundary:
+                boundary = (s // cfg.learn_every_secs) * cfg.learn_every_secs
+                if not final and not self._labels_known_before(boundary):
+                    return
+                self._flush_scores()
+                self._learn_until(boundary)
+                self.next_boundary = boundary + cfg.learn_every_secs
+                if s >= self.next_sweep:
+                    self._drop_idle(s)
+                    self.next_sweep = s + self.idle_drop_secs // 4
+            self._process_second(s)
+            if len(self.batch_rows) >= cfg.batch_size:
+                self._flush_scores()
+            if cfg.max_events is not None and self.stats.events >= cfg.max_events:
+                return
+
+    @staticmethod
+    def _event_secs(item) -> int:
+        return item[1].secs
+
+    @staticmethod
+    def _label_arrival(item) -> int:
+        return item[2]
+
+    def _labels_known_before(self, boundary: int) -> bool:
+        for p, q in self.label_q.items():
+            if not self._known_through(self.cfg.labels_topic, q, p, boundary - 1, self._label_arrival):
+                return False
+        return True
+
+    def _process_second(self, s: int) -> None:
+        cfg = self.cfg
+        touched: dict[str, ConnState] = {}
+        last_log: dict[str, int] = {}
+        t0 = time.perf_counter()
+        for p, q in self.event_q.items():
+            while q and q[0][1].secs <= s:
+                offset, ev = q.popleft()
+                self.next_event_offset[p] = offset + 1
+                if ev.secs < s:  # cannot happen with an event-time ordered producer; keep it visible
+                    log.warning("late event log_id=%d secs=%d < %d on partition %d", ev.log_id, ev.secs, s, p)
+                conn = connection_id(ev, cfg.kind)
+                st = self.conns.get(conn)
+                if st is None:
+                    st = self.conns[conn] = ConnState(partition=p)
+                st.recent.append((ev.log_id, ev.secs))
+                st.n_seen += 1
+                st.last_secs = ev.secs
+                touched[conn] = st
+                last_log[conn] = max(last_log.get(conn, -1), ev.log_id)
+                self.engine.observe(ev)
+                self.stats.events += 1
+        eligible = [c for c in sorted(touched) if touched[c].n_seen - 1 >= cfg.label_spec.min_events]
+        if eligible:
+            frame = self.engine.features_at([(c, s) for c in eligible])
+            self.batch_frames.append(frame)
+            for c in eligible:
+                self.batch_rows.append((c, s, touched[c].n_seen - 1, last_log[c]))
+        self.stats.feature_secs += time.perf_counter() - t0
+        self.processed_secs = s
+
+    def _flush_scores(self) -> None:
+        if not self.batch_rows:
+            return
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        features = pd.concat(self.batch_frames, ignore_index=True) if len(self.batch_frames) > 1 else \
+            self.batch_frames[0].reset_index(drop=True)  # fmt: skip
+        batch_scores = self.batch.predict(features)
+        online_x = features.reindex(columns=self.online_cols)
+        online_scores = self.online.predict(online_x)
+        weight = cfg.online_weight * min(1.0, self.online.n_positive / max(1, cfg.online_warmup_positives))
+        if online_scores is None:
+            weight = 0.0
+            combined = batch_scores
+        else:
+            combined = (1 - weight) * batch_scores + weight * online_scores
+        self.stats.model_secs += time.perf_counter() - t0
+        xs = online_x.to_numpy(dtype="float64", na_value=np.nan)
+        now = time.time()
+        for i, (conn, secs, k, log_id) in enumerate(self.batch_rows):
+            st = self.conns[conn]
+            st.pending.append(Pending(k, secs, xs[i]))
+            self.stats.cutoffs += 1
+            if combined[i] < cfg.threshold:
+                continue
+            if st.last_alert_secs is not None and secs - st.last_alert_secs < cfg.cooldown_secs:
+                self.stats.suppressed += 1
+                continue
+            st.last_alert_secs = secs
+            row = features.iloc[i].to_dict()
+            alert = build_alert(
+                connection=conn, kind=cfg.kind, cutoff_secs=secs, log_id=log_id,
+                batch_score=batch_scores[i], online_score=None if online_scores is None else online_scores[i],
+                online_weight=weight, score=combined[i], threshold=cfg.threshold,
+                model_version=self.batch.version, events_in_window=self.engine.events_in_window(conn),
+                top_features=self.explainer.explain(row), detected_at=now,
+            )  # fmt: skip
+            fut = self.producer.send(cfg.alerts_topic, key=conn.encode(), value=json_bytes(alert))
+            fut.add_errback(self.send_errors.append)
+            self.stats.alerts += 1
+        self.batch_rows.clear()
+        self.batch_frames.clear()
+
+    def _learn_until(self, boundary: int) -> None:
+        """Apply labels that arrived before ``boundary``; learn from the cutoffs they resolve."""
+        spec = self.cfg.label_spec
+        dirty: set[str] = set()
+        for p, q in self.label_q.items():
+            while q and q[0][2] < boundary:
+                offset, lab, _ = q.popleft()
+                self.next_label_offset[p] = offset + 1
+                st = self.conns.get(lab.connection)
+                if st is None:
+                    st = self.conns[lab.connection] = ConnState(partition=p)
+                st.labels[lab.log_id] = (lab.malicious, lab.secs)
+                dirty.add(lab.connection)
+                self.stats.labels += 1
+        xs, ys, order = [], [], []
+        for conn in sorted(dirty):
+            st = self.conns[conn]
+            if not st.pending:
+                continue
+            labels = st.window_labels()
+            while st.pending:
+                pend = st.pending[0]
+                y = resolve_label(labels, pend.k - st.base, spec)
+                if y is None:
+                    break
+                st.pending.popleft()
+                order.append((pend.secs, conn))
+                xs.append(pend.x)
+                ys.append(y)
+            st.prune(spec)
+        if xs:
+            idx = sorted(range(len(xs)), key=lambda i: order[i])
+            frame = pd.DataFrame(np.vstack([xs[i] for i in idx]), columns=self.online_cols)
+            self.online.learn(frame, [ys[i] for i in idx])
+            self.stats.learned += len(xs)
+            self.stats.learned_positive += sum(ys)
+
+    def _drop_idle(self, now_secs: int) -> None:
+        horizon = now_secs - self.idle_drop_secs
+        idle = [c for c, st in self.conns.items() if st.last_secs < horizon and st.last_secs >= 0]
+        for conn in idle:
+            del self.conns[conn]
+            self.engine.drop(conn)
+        if idle:
+            log.debug("dropped %d idle connections", len(idle))
+        for st in self.conns.values():
+            st.prune(self.cfg.label_spec)
+
+    # ------------------------------------------------------------------ commit / checkpoint
+    def _commit(self) -> None:
+        from kafka.structs import OffsetAndMetadata, TopicPartition
+
+        if self.consumer is None or not self.event_q:
+            return
+        self._flush_scores()
+        self.producer.flush()
+        if self.send_errors:
+            raise RuntimeError(f"{len(self.send_errors)} alert/dead-letter sends failed: {self.send_errors[0]!r}")
+        offsets = {"events": dict(self.next_event_offset), "labels": dict(self.next_label_offset)}
+        self._save_checkpoint(offsets)
+        commit = {}
+        for topic, key in ((self.cfg.events_topic, "events"), (self.cfg.labels_topic, "labels")):
+            for p, off in offsets[key].items():
+                commit[TopicPartition(topic, p)] = OffsetAndMetadata(off, "", -1)
+        if commit:
+            self.consumer.commit(commit)
+
+    def _checkpoint_state(self, offsets: dict) -> dict:
+        return {
+            "version": CHECKPOINT_VERSION,
+            "group_id": self.cfg.group_id,
+            "topics": [self.cfg.events_topic, self.cfg.labels_topic],
+            "model_version": self.batch.version,
+            "offsets": offsets,
+            "processed_secs": self.processed_secs,
+            "next_boundary": self.next_boundary,
+            "next_sweep": self.next_sweep,
+            "online": self.online.to_bytes(),
+            "conns": self.conns,
+        }
+
+    def _save_checkpoint(self, offsets: dict) -> None:
+        path = self.cfg.checkpoint_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
+        with os.fdopen(fd, "wb") as f:
+            pickle.dump(self._checkpoint_state(offsets), f, protocol=pickle.HIGHEST_PROTOCOL)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def _load_checkpoint(self) -> dict | None:
+        path = self.cfg.checkpoint_path
+        if not path.exists():
+            return None
+        with open(path, "rb") as f:
+            ckpt = pickle.load(f)
+        if ckpt.get("version") != CHECKPOINT_VERSION or ckpt.get("topics") != [self.cfg.events_topic,
+                                                                              self.cfg.labels_topic]:  # fmt: skip
+            log.warning("ignoring checkpoint %s: written for other topics or by another version", path)
+            return None
+        if ckpt.get("model_version") != self.batch.version:
+            log.warning("checkpoint %s was written with model %s, now %s: the online model starts afresh",
+                        path, ckpt.get("model_version"), self.batch.version)  # fmt: skip
+        else:
+            self.online = OnlineModel.from_bytes(ckpt["online"])
+        self.conns = ckpt["conns"]
+        self.processed_secs = ckpt["processed_secs"]
+        self.next_boundary = ckpt["next_boundary"]
+        self.next_sweep = ckpt["next_sweep"]
+        log.info("restored checkpoint %s: %d connections, online model learnt %d cutoffs, event time %d",
+                 path, len(self.conns), self.online.n_learned, self.processed_secs)  # fmt: skip
+        return ckpt
+
+    # ------------------------------------------------------------------ reporting
+    def lag(self) -> int:
+        if self.consumer is None:
+            return 0
+        self._refresh_end_offsets()
+        total = 0
+        for (topic, p), end in self.end_offsets.items():
+            if topic == self.cfg.events_topic:
+                total += max(0, end - self.next_event_offset.get(p, 0))
+        return total
+
+    def summary(self) -> str:
+        """A readable end-of-run summary."""
+        s = self.stats
+        elapsed = max(1e-9, time.monotonic() - s.started)
+        per_event = 1e6 / max(1, s.events)
+        return "\n".join([
+            "detector summary",
+            f"  events processed   {s.events:,} in {elapsed:,.1f} s ({s.events / elapsed:,.0f} events/s)",
+            f"  windows rebuilt    {s.rebuilt:,} events re-read from the log",
+            f"  cutoffs scored     {s.cutoffs:,} ({s.cutoffs / elapsed:,.0f} cutoffs/s)",
+            f"  alerts published   {s.alerts:,} ({s.suppressed:,} more suppressed by the cooldown)",
+            f"  labels applied     {s.labels:,}; online model learnt {s.learned:,} cutoffs "
+            f"({s.learned_positive:,} positive; {self.online.n_learned:,} in total with the checkpoint)",
+            f"  malformed records  {s.malformed:,} (sent to {self.cfg.dlq_topic})",
+            f"  consumer lag       {'unknown' if self.final_lag is None else f'{self.final_lag:,}'} events",
+            f"  time per event     features {s.feature_secs * per_event:.1f} us, models {s.model_secs * per_event:.1f} us",
+            f"  event time reached {_fmt_secs(self.processed_secs)}",
+        ])
+
+    def _log_progress(self, final: bool = False) -> None:
+        s = self.stats
+        elapsed = max(1e-9, time.monotonic() - s.started)
+        per_event = 1e6 / max(1, s.events)
+        line = (
+            f"{'FINAL ' if final else ''}events {s.events:,} ({s.events / elapsed:,.0f}/s), "
+            f"cutoffs {s.cutoffs:,} ({s.cutoffs / elapsed:,.0f}/s), alerts {s.alerts:,} "
+            f"(+{s.suppressed:,} in cooldown), labels {s.labels:,}, learnt {s.learned:,} "
+            f"({s.learned_positive:,} positive), malformed {s.malformed:,}, lag {self.lag():,}, "
+            f"event time {_fmt_secs(self.processed_secs)}, per event: features "
+            f"{s.feature_secs * per_event:.1f} us, models {s.model_secs * per_event:.1f} us"
+        )
+        log.info(line)
+
+
+def _fmt_secs(secs: int) -> str:
+    if secs < 0:
+        return "-"
+    d, rem = divmod(int(secs), 86_400)
+    return f"day {d + 1} {rem // 3600:02d}:{rem % 3600 // 60:02d}:{rem % 60:02d}"
+
+
