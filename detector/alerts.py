@@ -23,7 +23,7 @@ def alert_schema() -> dict[str, Any]:
     return json.loads(resources.files("cyberstream").joinpath("schemas/alert.schema.json").read_text())
 
 
-def _json_value(value: Any) -> Any:
+def json_value(value: Any) -> Any:
     if value is None:
         return None
     if isinstance(value, (np.floating, float)):
@@ -67,7 +67,7 @@ class FeatureExplainer:
                 z = abs(v - st.get("mean", 0.0)) / (st.get("std") or 1.0)
             ranked.append((weight * z, name, value))
         ranked.sort(key=lambda t: (-t[0], t[1]))
-        return [{"name": n, "value": _json_value(v), "contribution": round(c, 6)} for c, n, v in ranked[: self.top]]
+        return [{"name": n, "value": json_value(v), "contribution": round(c, 6)} for c, n, v in ranked[: self.top]]
 
 
 def build_alert(

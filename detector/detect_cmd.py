@@ -64,6 +64,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base-epoch", type=int, default=config.base_epoch(),
                         help="epoch seconds of secs=0 in record timestamps (default: %(default)s)")
     parser.add_argument("--log-every", type=float, default=10.0, help="wall seconds between progress lines")
+    parser.add_argument("--record-features", type=Path, default=None,
+                        help="append the features of every alerted cutoff and of one in --record-every "
+                        "others to this JSON-lines file (audits, parity checks)")
+    parser.add_argument("--record-every", type=int, default=50, help="see --record-features (default: %(default)s)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -103,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         online_weight=args.online_weight, online_warmup_positives=args.online_warmup,
         batch_size=args.batch_size, checkpoint_every_secs=args.checkpoint_every, max_events=args.max_events,
         idle_timeout=args.idle_timeout, idle_drop_secs=args.idle_drop_secs, base_epoch=args.base_epoch,
-        log_every_secs=args.log_every,
+        log_every_secs=args.log_every, record_features=args.record_features, record_every=args.record_every,
     )  # fmt: skip
 
     def engine_factory():

@@ -26,6 +26,7 @@ reproduces exactly the alerts of an uninterrupted one):
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pickle
@@ -43,7 +44,7 @@ import pandas as pd
 from cyberstream.connections import connection_id
 from cyberstream.kafka_io import dead_letter, json_bytes, make_consumer, make_producer
 from cyberstream.schema import SchemaError, decode_event, decode_label
-from detector.alerts import FeatureExplainer, build_alert
+from detector.alerts import FeatureExplainer, build_alert, json_value
 from detector.online import OnlineModel
 from training.labels import LabelSpec, resolve_label
 
@@ -79,6 +80,10 @@ class DetectorConfig:
     base_epoch: int = 1_577_836_800
     log_every_secs: float = 10.0
     poll_records: int = 20_000
+    #: write the features of every alerted cutoff and of one in N others to this JSON-lines
+    #: file, for audits and for the parity check against featuretools.
+    record_features: Path | None = None
+    record_every: int = 50
 
 
 @dataclass
@@ -112,7 +117,7 @@ class ConnState:
         if self.labels:
             oldest = self.recent[0][1] if self.recent else self.last_secs + 1
             known = {lid for lid, _ in self.recent}
-            for lid in [lid for lid, (_, s) in self.labels.items() if s < oldest and lid not in known]:
+            for lid in [lid for lid, (_, s, _) in self.labels.items() if s < oldest and lid not in known]:
                 del self.labels[lid]
 
     def window_labels(self) -> list[bool | None]:
@@ -165,6 +170,10 @@ class StreamDetector:
         self.producer = make_producer(cfg.bootstrap, client_id=f"{cfg.group_id}-alerts")
         self.consumer = None
         self.final_lag: int | None = None
+        #: (boundary, connection, cutoff_secs, label, label arrivals) of every learnt cutoff, when a
+        #: caller sets it to a list (tests check that no label is used before it arrived).
+        self.learn_log: list | None = None
+        self._recorder = open(cfg.record_features, "a") if cfg.record_features else None
         self.dlq_sent = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -231,6 +240,8 @@ class StreamDetector:
             self.consumer.close(autocommit=False)
             self.producer.flush()
             self.producer.close()
+            if self._recorder is not None:
+                self._recorder.close()
         self._log_progress(final=True)
         return self.stats
 
@@ -492,6 +503,8 @@ class StreamDetector:
             st = self.conns[conn]
             st.pending.append(Pending(k, secs, xs[i]))
             self.stats.cutoffs += 1
+            if self._recorder is not None and (combined[i] >= cfg.threshold or self.stats.cutoffs % cfg.record_every == 0):
+                self._record(conn, secs, features.iloc[i], combined[i])
             if combined[i] < cfg.threshold:
                 continue
             if st.last_alert_secs is not None and secs - st.last_alert_secs < cfg.cooldown_secs:
@@ -512,18 +525,23 @@ class StreamDetector:
         self.batch_rows.clear()
         self.batch_frames.clear()
 
+    def _record(self, conn: str, secs: int, row: pd.Series, score: float) -> None:
+        values = {k: json_value(v) for k, v in row.items()}
+        self._recorder.write(json.dumps({"connection": conn, "cutoff_secs": int(secs), "score": float(score),
+                                         "features": values}) + "\n")  # fmt: skip
+
     def _learn_until(self, boundary: int) -> None:
         """Apply labels that arrived before ``boundary``; learn from the cutoffs they resolve."""
         spec = self.cfg.label_spec
         dirty: set[str] = set()
         for p, q in self.label_q.items():
             while q and q[0][2] < boundary:
-                offset, lab, _ = q.popleft()
+                offset, lab, arrival = q.popleft()
                 self.next_label_offset[p] = offset + 1
                 st = self.conns.get(lab.connection)
                 if st is None:
                     st = self.conns[lab.connection] = ConnState(partition=p)
-                st.labels[lab.log_id] = (lab.malicious, lab.secs)
+                st.labels[lab.log_id] = (lab.malicious, lab.secs, arrival)
                 dirty.add(lab.connection)
                 self.stats.labels += 1
         xs, ys, order = [], [], []
@@ -539,6 +557,11 @@ class StreamDetector:
                     break
                 st.pending.popleft()
                 order.append((pend.secs, conn))
+                if self.learn_log is not None:
+                    start = pend.k - st.base + spec.lead
+                    used = [st.labels[lid][2] for lid, _ in list(st.recent)[start:start + spec.window]
+                            if lid in st.labels]  # fmt: skip
+                    self.learn_log.append((boundary, conn, pend.secs, y, used))
                 xs.append(pend.x)
                 ys.append(y)
             st.prune(spec)
@@ -570,6 +593,8 @@ class StreamDetector:
         self.producer.flush()
         if self.send_errors:
             raise RuntimeError(f"{len(self.send_errors)} alert/dead-letter sends failed: {self.send_errors[0]!r}")
+        if self._recorder is not None:
+            self._recorder.flush()
         offsets = {"events": dict(self.next_event_offset), "labels": dict(self.next_label_offset)}
         self._save_checkpoint(offsets)
         commit = {}
