@@ -30,17 +30,16 @@ Definitions (also printed with the summary):
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
-from importlib import resources
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from cyberstream.connections import DEFAULT_CONNECTION, SEPARATOR, connection_fields
+from detector.alerts import alert_schema
 from training.labels import LabelSpec, label_times
 
 DAY = 86_400
@@ -51,13 +50,6 @@ POSITIVE, NEGATIVE, UNLABELLED, UNKNOWN = "positive", "negative", "no label", "n
 # --------------------------------------------------------------------------------------
 # Validation and de-duplication
 # --------------------------------------------------------------------------------------
-@lru_cache(maxsize=1)
-def alert_schema() -> dict:
-    """The alert JSON Schema shipped with the package."""
-    text = resources.files("cyberstream").joinpath("schemas/alert.schema.json").read_text()
-    return json.loads(text)
-
-
 @lru_cache(maxsize=1)
 def _validator():
     from jsonschema import Draft202012Validator

@@ -39,7 +39,7 @@ MAX_INVALID_LOGGED = 20
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    from cyberstream.config import DEFAULT_DATA_PATH, alerts_topic
+    from cyberstream.config import DEFAULT_DATA_PATH, alerts_topic, model_dir
     from cyberstream.kafka_io import add_bootstrap_argument
 
     add_bootstrap_argument(parser)
@@ -64,15 +64,19 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                        help="HTML report with the plots (default %(default)s)")  # fmt: skip
     group.add_argument("--summary-json", type=Path, default=None, metavar="PATH",
                        help="also write the summary's figures as JSON")  # fmt: skip
-    group.add_argument("--campaign-gap-hours", type=float, default=24.0,
+    group.add_argument("--model-dir", type=Path, default=model_dir(),
+                       help="the model the detector ran; its metadata gives the label definition and the "
+                            "window (default: $CYBERSTREAM_MODEL_DIR or %(default)s; training's defaults "
+                            "if it has no metadata)")  # fmt: skip
+    group.add_argument("--campaign-gap-hours", type=float, default=None,
                        help="a pause longer than this between malicious events of one src_host starts a new "
-                            "campaign (default %(default)s, the detector's default window)")  # fmt: skip
+                            "campaign (default: the model's window, else 24)")  # fmt: skip
     group.add_argument("--label-lead", type=int, default=None, metavar="L",
-                       help="label lead L of the model's label definition (default: training's default)")  # fmt: skip
+                       help="label lead L (default: the model's, else training's default)")  # fmt: skip
     group.add_argument("--label-window", type=int, default=None, metavar="W",
-                       help="label window W (default: training's default)")  # fmt: skip
+                       help="label window W (default: the model's, else training's default)")  # fmt: skip
     group.add_argument("--min-events", type=int, default=None, metavar="N",
-                       help="earlier events a cutoff needs, N (default: training's default)")  # fmt: skip
+                       help="earlier events a cutoff needs, N (default: the model's, else training's default)")  # fmt: skip
     group.add_argument("--no-progress", action="store_true", help="no progress bar while reading --truth")
 
 
@@ -247,22 +251,40 @@ def run(args: argparse.Namespace) -> int:
     return _summarize(args, values, truth)
 
 
+def _model_metadata(model_dir: Path) -> dict[str, Any]:
+    """The model's metadata (label definition, window), or {} when there is no model."""
+    from training.model import METADATA_FILE
+
+    path = Path(model_dir) / METADATA_FILE
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        log.info("no model metadata at %s: training's default label definition", path)
+        return {}
+    except ValueError as exc:
+        log.warning("%s is not valid JSON (%s): training's default label definition", path, exc)
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
 def _summarize(args: argparse.Namespace, values: list[Any], truth_path: Path) -> int:
     from detector.alert_report import write_report
-    from detector.alert_summary import format_summary, summarize
+    from detector.alert_summary import DEFAULT_CAMPAIGN_GAP_SECS, format_summary, summarize
     from training.data import read_events
     from training.labels import LabelSpec
 
-    default = LabelSpec()
+    meta = _model_metadata(args.model_dir)
+    spec_meta = {k: int(v) for k, v in (meta.get("label_spec") or {}).items() if k in ("min_events", "lead", "window")}
+    flags = {"min_events": args.min_events, "lead": args.label_lead, "window": args.label_window}
     try:
-        spec = LabelSpec(
-            min_events=default.min_events if args.min_events is None else args.min_events,
-            lead=default.lead if args.label_lead is None else args.label_lead,
-            window=default.window if args.label_window is None else args.label_window,
-        )
-    except ValueError as exc:
+        spec = LabelSpec(**{**spec_meta, **{k: v for k, v in flags.items() if v is not None}})
+    except (TypeError, ValueError) as exc:
         print(f"cyberstream alerts: {exc}", file=sys.stderr)
         return 2
+    if args.campaign_gap_hours is not None:
+        gap_secs = int(args.campaign_gap_hours * 3600)
+    else:
+        gap_secs = int(meta.get("window_secs") or DEFAULT_CAMPAIGN_GAP_SECS)
     try:
         events, report = read_events(truth_path, progress=not args.no_progress)
     except (OSError, ValueError) as exc:
@@ -271,7 +293,7 @@ def _summarize(args: argparse.Namespace, values: list[Any], truth_path: Path) ->
     if report.rejected:
         log.warning("ground truth: %s", report.summary())
     try:
-        summary = summarize(values, events, spec=spec, campaign_gap_secs=int(args.campaign_gap_hours * 3600))
+        summary = summarize(values, events, spec=spec, campaign_gap_secs=gap_secs)
     except ValueError as exc:
         print(f"cyberstream alerts: {exc}", file=sys.stderr)
         return 2
