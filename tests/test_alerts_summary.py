@@ -27,7 +27,7 @@ import pytest
 
 from detector.alert_report import write_report
 from detector.alert_summary import format_summary, summarize
-from detector.alerts import alert_id
+from detector.alerts import build_alert
 from detector.alerts_cmd import format_alert_line
 from training.labels import LabelSpec
 
@@ -58,21 +58,12 @@ def truth_frame() -> pd.DataFrame:
 
 
 def make_alert(conn: str, cutoff: int, score: float = 0.9, online: float | None = 0.8) -> dict:
-    return {
-        "alert_id": alert_id(conn, cutoff),
-        "connection": conn,
-        "connection_kind": "session",
-        "cutoff_secs": cutoff,
-        "log_id": 0,
-        "batch_score": score,
-        "online_score": online,
-        "online_weight": 0.5,
-        "score": score,
-        "threshold": 0.5,
-        "model_version": "test",
-        "top_features": [{"name": "COUNT(log)", "value": 4, "contribution": 1.5}],
-        "events_in_window": 4,
-    }
+    """An alert as the detector publishes it (its own builder: the contract is exercised)."""
+    return build_alert(
+        connection=conn, kind="session", cutoff_secs=cutoff, log_id=0, batch_score=score, online_score=online,
+        online_weight=0.5, score=score, threshold=0.5, model_version="test", events_in_window=4,
+        top_features=[{"name": "COUNT(log)", "value": 4, "contribution": 1.5}], detected_at=time.time(),
+    )  # fmt: skip
 
 
 def alerts() -> list:
