@@ -19,11 +19,11 @@ Definitions (also printed with the summary):
 * Detection delay of a malicious connection: from its first malicious event to its first
   alert, in events (positions in ``(secs, log_id)`` order) and in seconds of event time.
   A first alert *before* the first malicious event is an early warning and counts as
-  delay 0; how many there were is reported, with how many came more than ``L+W`` events
-  early (too early for any cutoff label to have been positive).
+  delay 0; how many there were is reported, with how many came ``L+W`` or more events
+  early (too early for the label of their cutoff to have been positive).
 * A campaign is a run of malicious events from one ``src_host`` (the attacker's host) with
-  no pause longer than the campaign gap (default one day, the detector's default window:
-  after such a pause the window holds nothing of the previous burst). Its alerts are the
+  no pause longer than the campaign gap (the model's window, default one day: after such a
+  pause the detector's window holds nothing of the previous burst). Its alerts are the
   alerts on its connections from one gap before its first malicious event to one gap
   after its last.
 """
@@ -151,7 +151,7 @@ class Summary:
     recall_cutoffs: float | None  # cutoff_tp / positive_cutoffs
     # detection delay of the detected malicious connections
     early_alerts: int  # first alert before the first malicious event (delay 0)
-    early_beyond_horizon: int  # ... of those, more than L+W events before it
+    early_beyond_horizon: int  # ... of those, L+W or more events before it (their cutoff label is negative)
     median_delay_events: float | None
     median_delay_secs: float | None
     # rate
@@ -374,7 +374,7 @@ def summarize(
         precision_cutoffs=_ratio(cutoff_tp, cutoff_tp + cutoff_fp),
         recall_cutoffs=_ratio(cutoff_tp, positive_cutoffs),
         early_alerts=int(early.sum()),
-        early_beyond_horizon=int((delays["events_early"] > spec.horizon).sum()),
+        early_beyond_horizon=int((delays["events_early"] >= spec.horizon).sum()),
         median_delay_events=_median(delays["delay_events"]),
         median_delay_secs=_median(delays["delay_secs"]),
         days=days,
@@ -451,7 +451,7 @@ def format_summary(s: Summary) -> str:
             else "- (no malicious connection alerted)"
         ),
         f"  early warnings           {s.early_alerts:,} detected connections were first alerted before their first "
-        f"malicious event (delay 0); {s.early_beyond_horizon:,} of them more than L+W={s.spec.horizon} events before",
+        f"malicious event (delay 0); {s.early_beyond_horizon:,} of them L+W={s.spec.horizon} or more events before",
         f"  alerts per day           {s.alerts_per_day:,.1f} ({s.false_alerts_per_day:,.1f} on negative cutoffs)",
     ]
     if s.campaigns:

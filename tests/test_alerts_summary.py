@@ -142,6 +142,20 @@ def test_a_shorter_campaign_gap_splits_campaigns_and_label_strings_are_accepted(
     assert summarize(alerts(), truth, spec=SPEC, campaign_gap_secs=600).campaigns[2].delay_secs == 0
 
 
+@pytest.mark.parametrize("cutoff_k, label, beyond", [(2, "negative", 1), (3, "positive", 0)])
+def test_an_early_alert_is_beyond_the_horizon_exactly_when_its_cutoff_label_is_negative(cutoff_k, label, beyond):
+    # one connection, events at secs 10, 20, ..., 100; the only malicious one is position 6 (secs 70)
+    E = "UE@DOM1 / UE@DOM1"
+    truth = pd.DataFrame({
+        "log_id": range(10), "secs": [10 * (i + 1) for i in range(10)], "src_name": "UE@DOM1",
+        "dest_name": "UE@DOM1", "src_host": "CE", "dest_host": "C9", "label": [i == 6 for i in range(10)],
+    })  # fmt: skip
+    s = summarize([make_alert(E, 10 * (cutoff_k + 1))], truth, spec=SPEC)  # L+W = 4
+    assert s.alert_table["cutoff_label"].tolist() == [label]
+    assert (s.early_alerts, s.early_beyond_horizon) == (1, beyond)
+    assert (s.median_delay_events, s.median_delay_secs) == (0, 0)
+
+
 def test_alerts_of_another_connection_kind_are_refused():
     a = make_alert(A, 60)
     a["connection_kind"] = "src_pair"
