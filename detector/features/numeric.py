@@ -197,7 +197,7 @@ def g_mode(
 def row_mode(counts: np.ndarray, rank: np.ndarray) -> np.ndarray:
     """Per row of a (rows x values) count matrix: the most frequent code, ties to the
     smallest rank, -1 when the row is all zero."""
-    if counts.shape[1] == 0:
+    if counts.shape[1] == 0 or len(rank) == 0:
         return np.full(counts.shape[0], -1, dtype=np.int64)
     by_rank = np.argsort(rank)
     ordered = counts[:, by_rank]
