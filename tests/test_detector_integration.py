@@ -1,0 +1,203 @@
+"""The detector end to end against a real broker: alerts, feature parity, restart after SIGKILL,
+and delayed labels.
+
+One small generated stream (a few days, two red-team campaigns) and one model trained on it
+are shared by the module; each test uses its own consumer group and alert topic.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import jsonschema
+import pandas as pd
+import pytest
+
+from cyberstream.kafka_io import make_consumer
+from detector.alerts import alert_schema
+from training.data import read_events
+
+pytestmark = pytest.mark.integration
+
+LABEL_DELAY = 600  # seconds of event time between an event and its label
+PARTITIONS = 3
+
+
+def _cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "cyberstream.cli", *args], capture_output=True, text=True,
+                          timeout=timeout)  # fmt: skip
+    assert proc.returncode == 0, f"cyberstream {' '.join(args)} failed:\n{proc.stderr[-3000:]}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def stream(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A generated stream replayed into fresh topics, and a model trained on the same data."""
+    root = tmp_path_factory.mktemp("detector")
+    data = root / "events.csv"
+    _cli("generate", "--days", "4", "--events-per-day", "4000", "--campaigns", "2", "--campaign-intensity", "60",
+         "--seed", "5", "--out", str(data), "--no-progress")  # fmt: skip
+    models = root / "models"
+    _cli("train", "--data", str(data), "--out", str(models), "--no-progress",
+         "--classifiers", "hist_gradient_boosting,logistic_regression")  # fmt: skip
+    suffix = uuid.uuid4().hex[:8]
+    topics = {"events": f"ev-{suffix}", "labels": f"lab-{suffix}", "dlq": f"dlq-{suffix}"}
+    _cli("produce", "--data", str(data), "--bootstrap-servers", kafka_bootstrap, "--events-topic", topics["events"],
+         "--labels-topic", topics["labels"], "--dlq-topic", topics["dlq"], "--partitions", str(PARTITIONS),
+         "--label-delay", str(LABEL_DELAY), "--speed", "max", "--no-progress")  # fmt: skip
+    truth, report = read_events(data, progress=False)
+    assert report.rejected == 0
+    return {"root": root, "data": data, "models": models, "topics": topics, "truth": truth,
+            "bootstrap": kafka_bootstrap}  # fmt: skip
+
+
+def _detect_args(stream: dict, group: str, alerts_topic: str, *extra: str) -> list[str]:
+    t = stream["topics"]
+    return [
+        "detect", "--model-dir", str(stream["models"]), "--bootstrap-servers", stream["bootstrap"],
+        "--group-id", group, "--events-topic", t["events"], "--labels-topic", t["labels"],
+        "--alerts-topic", alerts_topic, "--dlq-topic", t["dlq"], "--partitions", str(PARTITIONS),
+        "--checkpoint", str(stream["root"] / f"{group}.ckpt"), "--log-every", "2", *extra,
+    ]  # fmt: skip
+
+
+def _read_alerts(bootstrap: str, topic: str, timeout: float = 15.0) -> list[dict]:
+    consumer = make_consumer(bootstrap, topic, group_id=None)
+    alerts, deadline, quiet_since = [], time.monotonic() + timeout, time.monotonic()
+    while time.monotonic() < deadline and time.monotonic() - quiet_since < 3:
+        batch = consumer.poll(timeout_ms=500)
+        for records in batch.values():
+            alerts.extend(json.loads(r.value) for r in records)
+            quiet_since = time.monotonic()
+    consumer.close()
+    return alerts
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(stream: dict) -> dict:
+    """One detector run over the whole stream, recording features for the parity check."""
+    group = f"det-a-{uuid.uuid4().hex[:6]}"
+    alerts_topic = f"alerts-{group}"
+    recorded = stream["root"] / "features-a.jsonl"
+    proc = _cli(*_detect_args(stream, group, alerts_topic, "--idle-timeout", "4", "--record-features",
+                              str(recorded), "--record-every", "10"))  # fmt: skip
+    return {"alerts": _read_alerts(stream["bootstrap"], alerts_topic), "recorded": recorded, "stderr": proc.stderr}
+
+
+def test_alerts_appear_for_the_campaigns_with_unique_ids(stream: dict, uninterrupted: dict):
+    alerts = uninterrupted["alerts"]
+    assert "detector summary" in uninterrupted["stderr"]
+    assert alerts, "the detector published no alert"
+    ids = [a["alert_id"] for a in alerts]
+    assert len(ids) == len(set(ids)), "two alerts share an id"
+    schema = alert_schema()
+    for a in alerts:
+        jsonschema.validate(a, schema)
+        assert a["score"] >= a["threshold"]
+    truth = stream["truth"]
+    conn = truth["src_name"] + " / " + truth["dest_name"]
+    malicious = set(conn[truth["label"]])
+    alerted = {a["connection"] for a in alerts}
+    caught = alerted & malicious
+    # Each campaign comes from its own attacker host: at least one of each one's connections is alerted.
+    attackers = truth.loc[truth["label"], "src_host"].unique()
+    assert len(attackers) == 2
+    for host in attackers:
+        conns = set(conn[truth["label"] & (truth["src_host"] == host)])
+        assert conns & alerted, f"no alert for the campaign from {host}"
+    assert len(caught) / len(alerted) > 0.2, f"precision by connection too low: {len(caught)}/{len(alerted)}"
+
+
+def test_features_equal_the_featuretools_oracle(stream: dict, uninterrupted: dict):
+    from detector.features import feature_matrix, features_equal
+    from training.dfs import load_features
+
+    rows = [json.loads(line) for line in uninterrupted["recorded"].read_text().splitlines()]
+    alert_keys = {(a["connection"], a["cutoff_secs"]) for a in uninterrupted["alerts"]}
+    recorded_keys = {(r["connection"], r["cutoff_secs"]) for r in rows}
+    assert alert_keys <= recorded_keys, "every alerted cutoff is recorded"
+    assert len(rows) >= 200
+    features = load_features(stream["models"] / "features.json")
+    window = json.loads((stream["models"] / "metadata.json").read_text())["window_secs"]
+    events = stream["truth"].drop(columns=["label"])
+    cutoffs = pd.DataFrame({"connection_id": [r["connection"] for r in rows],
+                            "cutoff_secs": [r["cutoff_secs"] for r in rows]})  # fmt: skip
+    oracle = feature_matrix(events, cutoffs, features, window, engine="oracle")
+    mismatches = []
+    for i, r in enumerate(rows):
+        for name, value in r["features"].items():
+            expected = oracle.iloc[i][name]
+            if isinstance(expected, bool) or hasattr(expected, "item"):
+                expected = expected.item() if hasattr(expected, "item") else expected
+            if not features_equal(value, expected):
+                mismatches.append((r["connection"], r["cutoff_secs"], name, value, expected))
+    assert not mismatches, f"{len(mismatches)} feature values differ from featuretools, e.g. {mismatches[:5]}"
+
+
+def test_restart_after_sigkill_yields_the_same_alerts(stream: dict, uninterrupted: dict):
+    group = f"det-b-{uuid.uuid4().hex[:6]}"
+    alerts_topic = f"alerts-{group}"
+    ckpt = stream["root"] / f"{group}.ckpt"
+    args = [sys.executable, "-m", "cyberstream.cli",
+            *_detect_args(stream, group, alerts_topic, "--checkpoint-every", "0.3", "--batch-size", "64")]  # fmt: skip
+    victim = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    total = len(stream["truth"])
+    deadline = time.monotonic() + 120
+    committed = 0
+    while time.monotonic() < deadline:
+        if ckpt.exists():
+            try:
+                committed = sum(pickle.loads(ckpt.read_bytes())["offsets"]["events"].values())
+            except (EOFError, pickle.UnpicklingError, KeyError):
+                committed = 0
+            if committed > 0:
+                break
+        time.sleep(0.05)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait(timeout=30)
+    assert 0 < committed < total, f"the kill must land mid-stream (committed {committed} of {total} events)"
+
+    restarted = _cli(*_detect_args(stream, group, alerts_topic, "--idle-timeout", "4"))
+    assert "restored checkpoint" in restarted.stderr
+    alerts = _read_alerts(stream["bootstrap"], alerts_topic)
+    by_id = {a["alert_id"]: a for a in alerts}
+    expected = {a["alert_id"]: a for a in uninterrupted["alerts"]}
+    assert set(by_id) == set(expected)
+    for aid, a in expected.items():
+        assert by_id[aid]["cutoff_secs"] == a["cutoff_secs"] and by_id[aid]["log_id"] == a["log_id"]
+        assert by_id[aid]["score"] == pytest.approx(a["score"], abs=1e-6)
+
+
+def test_online_model_learns_only_from_labels_that_arrived(stream: dict):
+    from detector.features import make_engine
+    from detector.models import load_batch_model
+    from detector.stream import DetectorConfig, StreamDetector
+
+    model = load_batch_model(stream["models"])
+    t = stream["topics"]
+    group = f"det-c-{uuid.uuid4().hex[:6]}"
+    cfg = DetectorConfig(
+        bootstrap=stream["bootstrap"], group_id=group, events_topic=t["events"], labels_topic=t["labels"],
+        alerts_topic=f"alerts-{group}", dlq_topic=t["dlq"], checkpoint_path=stream["root"] / f"{group}.ckpt",
+        kind=model.kind, window_secs=model.window_secs, label_spec=model.label_spec, threshold=model.threshold,
+        idle_timeout=4, log_every_secs=5,
+    )  # fmt: skip
+    detector = StreamDetector(cfg, model, lambda: make_engine("compiled", model.features, model.window_secs),
+                              model.explainer())  # fmt: skip
+    detector.learn_log = []
+    stats = detector.run()
+    assert stats.learned > 0 and stats.learned_positive > 0
+    assert len(detector.learn_log) == stats.learned
+    for boundary, _conn, cutoff_secs, _label, arrivals in detector.learn_log:
+        assert arrivals, "a resolved cutoff used at least one label"
+        # Every label used had arrived (its record time, secs + delay) before the learning step.
+        assert max(arrivals) < boundary
+        # ... which is at least the label delay after the cutoff it resolves.
+        assert boundary > cutoff_secs + LABEL_DELAY
