@@ -38,10 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cyberstream import kafka_io
-from cyberstream.connections import DEFAULT_CONNECTION, connection_fields
+from cyberstream.connections import DEFAULT_CONNECTION, SEPARATOR, connection_fields
 from cyberstream.schema import (
     COLUMNS,
-    EVENT_FIELDS,
     HEADER,
     LABEL_CLEAN,
     LABEL_MALICIOUS,
@@ -135,8 +134,8 @@ def _check_header(path: Path, header: str) -> None:
 
 def read_records(path: Path) -> Iterator[Record]:
     """The records of ``path`` in file order; the first line must be the header."""
-    # A large buffer means few read system calls: each one releases the GIL, and getting it
-    # back from kafka-python's sender thread can take a whole switch interval (5 ms).
+    # A large buffer means few read system calls; each one releases the GIL, which
+    # kafka-python's sender thread may then hold for up to a switch interval (5 ms).
     with open(path, newline="", encoding="utf-8", errors="surrogateescape", buffering=READ_BUFFER) as fh:
         _check_header(path, fh.readline())
         consumed: list[str] = []
@@ -261,7 +260,7 @@ class _Encoder:
 
     def key(self, event) -> tuple[bytes, int, str]:
         """(key bytes, partition, JSON of the connection id) of the event's connection."""
-        conn = " / ".join(getattr(event, f) for f in self.fields)
+        conn = SEPARATOR.join(getattr(event, f) for f in self.fields)
         out = self._keys.get(conn)
         if out is None:
             if len(self._keys) > self.MAX_CACHE:
@@ -283,10 +282,6 @@ class _Encoder:
     def label(conn_json: str, log_id: int, secs: int, malicious: bool) -> bytes:
         label = LABEL_MALICIOUS if malicious else LABEL_CLEAN
         return f'{{"connection":{conn_json},"log_id":{log_id},"secs":{secs},"label":"{label}"}}'.encode()
-
-
-assert EVENT_FIELDS == ("log_id", "secs", "src_name", "dest_name", "src_host", "dest_host",
-                        "auth_type", "login_type", "stage", "result"), "update _Encoder.event"  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------
