@@ -1,29 +1,35 @@
 """The fast feature engine: saved DFS definitions compiled into incremental window state.
 
-State, per name-host pair (every connection is a set of pairs; a pair belongs to one
-connection), *committed* up to the watermark (see :mod:`.base` for the time contract):
+Events are grouped at two levels: the name-host *pair* and the *connection* (a set of
+pairs; each pair belongs to one connection). For every group the engine keeps, *committed*
+up to the watermark (see :mod:`.base` for the time contract):
 
 * the count ``n`` and exact integer power sums of ``d = secs - ref`` (``d``, ``d**2``,
-  ``d**3``) of the pair's events in the window (see :mod:`.numeric`);
-* per attribute column (``auth_type`` ...), the window count of each value;
-* the pair's window events as a chain through a time-ordered event store (oldest = MIN of
-  ``secs``, newest = MAX; secs arrive in order, so the chain *is* the monotonic deque),
-  which also tells what to subtract when an event leaves the window.
+  ``d**3``), from which SUM/MEAN/STD/SKEW of ``secs`` follow exactly (:mod:`.numeric`);
+* per attribute column (``auth_type`` ...), the window count of each value (NUM_UNIQUE,
+  MODE);
+* the group's window events as a chain through a time-ordered event store: the oldest is
+  MIN(secs), the newest MAX(secs) (secs arrive in order, so the chain *is* the monotonic
+  deque), and the chain says what leaves the window next.
 
-``features_at`` works on a batch of cutoffs at once with numpy: events observed since the
-watermark (arrivals at ``secs``) and committed events leaving the window before the
-latest cutoff (departures at ``secs + window``) become signed deltas, sorted per pair
-and time; each cutoff ``(c, t)`` reads, for each pair of ``c``, committed state plus the
-deltas of that pair up to ``t``. That gives the pair's window at ``t`` (rows with
-``t - w < secs <= t``; a pair is present iff it has such a row, which is featuretools' rule
-with last-time indexes), from which the plan's features are evaluated: per-pair values,
-their aggregations over the connection's present pairs, and the connection's log-level
-aggregations (pair states summed). ``advance(watermark)`` folds arrivals and departures up
-to the watermark into committed state, applies the per-connection cap and drops pairs and
-connections with nothing left in the window.
+``features_at`` answers a batch of cutoffs with numpy. Events observed since the watermark
+(arrivals at ``secs``) and committed events leaving the window before the latest cutoff
+(departures at ``secs + window``) become signed deltas sorted per group and time; the
+state of a group at ``t`` is committed state plus its deltas up to ``t`` (rows with
+``t - w < secs <= t``; a pair is present iff it has one, which is featuretools' rule with
+last-time indexes).
 
-Features the plan cannot compile are computed by the featuretools engine (:mod:`.oracle`)
-fed with the same events; a warning lists them.
+* Connection-level log aggregations (``COUNT(log)``, ``STD(log.secs)``...) read the
+  connection's state: O(1) per cutoff.
+* Aggregations over the connection's pairs (``MEAN(name_host_pairs.SUM(log.secs))``...)
+  gather each present pair's values (committed values cached per pair, values after each
+  delta computed once per delta) and reduce them per cutoff: O(pairs of the connection)
+  cheap numpy work per cutoff.
+
+``advance(watermark)`` folds arrivals and departures up to the watermark into committed
+state, applies the per-connection cap and drops pairs and connections with nothing left
+in the window. Features the plan cannot compile are computed by the featuretools engine
+(:mod:`.oracle`) fed with the same events; a warning lists them.
 """
 
 from __future__ import annotations
@@ -53,16 +59,18 @@ from .base import (
     make_column,
 )
 from .oracle import OracleEngine
-from .plan import TARGET_COLUMN, TARGET_LOG, PairValue, Spec, compile_plan
+from .plan import TARGET_COLUMN, TARGET_LOG, TARGET_PAIRS, LogSource, PairValue, Spec, compile_plan
 
 log = logging.getLogger(__name__)
 
 _A = len(ATTRIBUTE_FIELDS)
 _IDENT = attrgetter(*IDENTITY_FIELDS)
 _ATTRS = attrgetter(*ATTRIBUTE_FIELDS)
-#: rebase ``ref`` once the watermark is this far past it (keeps |d| < 2**20 s)
+#: rebase ``ref`` once the watermark is this far past it (keeps |secs - ref| < 2**20)
 _REBASE_AFTER = 1 << 18
 _MAX_WINDOW = 1 << 19
+_EMPTY = np.empty(0, dtype=np.int64)
+_COUNT = PairValue("log_agg", primitive="count", source=LogSource("rows"))
 
 
 class Vocab:
@@ -107,9 +115,9 @@ class _Grow:
         for name, (dtype, fill) in specs.items():
             setattr(self, name, np.full(capacity, fill, dtype=dtype))
 
-    def ensure(self, size: int) -> None:
+    def ensure(self, size: int) -> bool:
         if size <= self.capacity:
-            return
+            return False
         cap = max(size, 2 * self.capacity)
         for name, (dtype, fill) in self._specs.items():
             old = getattr(self, name)
@@ -117,9 +125,62 @@ class _Grow:
             new[: len(old)] = old
             setattr(self, name, new)
         self.capacity = cap
+        return True
 
     def nbytes(self) -> int:
         return sum(getattr(self, n).nbytes for n in self._specs)
+
+
+def _grow_rows(mat: np.ndarray, rows: int, fill) -> np.ndarray:
+    if mat.shape[0] >= rows:
+        return mat
+    new = np.full((rows, *mat.shape[1:]), fill, dtype=mat.dtype)
+    new[: mat.shape[0]] = mat
+    return new
+
+
+class _Level:
+    """Committed window state of one grouping of events (pairs or connections)."""
+
+    def __init__(self, key: str, attrs: list[str]) -> None:
+        self.key = key  # event column holding the group slot ("pair" / "conn")
+        self.next = "next_" + key  # event column chaining the group's events in time order
+        self.a = _Grow(
+            1024,
+            n=(np.int64, 0),
+            s1=(np.int64, 0),
+            s2=(object, 0),
+            s3=(object, 0),
+            head=(np.int64, -1),
+            last=(np.int64, -1),
+            last_secs=(np.int64, -1),
+            pending=(np.int64, 0),
+        )
+        self.counts = {a: np.zeros((1024, 4), dtype=np.int64) for a in attrs}
+
+    def ensure(self, size: int) -> None:
+        if self.a.ensure(size):
+            for attr, mat in self.counts.items():
+                self.counts[attr] = _grow_rows(mat, self.a.capacity, 0)
+
+    def widen(self, attr: str, width: int) -> np.ndarray:
+        mat = self.counts[attr]
+        if mat.shape[1] < width:
+            new = np.zeros((mat.shape[0], max(width, 2 * mat.shape[1])), dtype=np.int64)
+            new[:, : mat.shape[1]] = mat
+            self.counts[attr] = mat = new
+        return mat
+
+    def reset(self, slot: int) -> None:
+        a = self.a
+        a.n[slot] = a.s1[slot] = 0
+        a.s2[slot] = a.s3[slot] = 0
+        a.head[slot] = a.last[slot] = a.last_secs[slot] = -1
+        for mat in self.counts.values():
+            mat[slot] = 0
+
+    def nbytes(self) -> int:
+        return self.a.nbytes() + sum(m.nbytes for m in self.counts.values())
 
 
 class CompiledEngine:
@@ -162,43 +223,54 @@ class CompiledEngine:
         self._attr_pos = [ATTRIBUTE_FIELDS.index(a) for a in self._attrs]
         self._need_std = self.plan.needs("std")
         self._need_skew = self.plan.needs("skew")
-        self._conn_fields = connection_fields(kind)
-        self._conn_pos = [IDENTITY_FIELDS.index(f) for f in self._conn_fields]
+        self._conn_pos = [IDENTITY_FIELDS.index(f) for f in connection_fields(kind)]
         self._index = target_index(kind)
-        # vocabularies of every categorical column the engine may output or aggregate
         self.vocab: dict[str, Vocab] = {c: Vocab() for c in (*IDENTITY_FIELDS, *ATTRIBUTE_FIELDS)}
         self.vocab.setdefault(self._index, Vocab())
-        self._pair_cols = self._columns_needed()
-        # -- pairs and connections
+        # what the plan reads
+        specs = self.plan.specs
+        pair_values = [s.pair_value for s in specs if s.level == TARGET_PAIRS]
+        self._num_streams = [_COUNT] + sorted(
+            {pv for pv in pair_values if pv.kind == "log_agg" and pv.primitive != "mode"} - {_COUNT}, key=repr
+        )
+        self._cat_streams = sorted({pv for pv in pair_values if pv.kind == "log_agg" and pv.primitive == "mode"}, key=repr)
+        self._pair_cols = sorted(
+            {pv.column for pv in pair_values if pv.kind == "column"}
+            | {s.source.column for s in specs if s.level == TARGET_LOG and s.source.kind == "pair_column"}
+        )
+        self._target_cols = sorted({s.column for s in specs if s.level == TARGET_COLUMN})
+        for c in (*self._pair_cols, *self._target_cols):
+            self.vocab.setdefault(c, Vocab())
+        self._need_rows = bool(pair_values) or any(
+            s.level == TARGET_LOG and s.source.kind == "pair_column" for s in specs
+        )
+        # -- pairs
         self._pair_index: dict[tuple, int] = {}
         self._pair_key: list[tuple | None] = []
         self._free_pairs: list[int] = []
-        self.p = _Grow(
-            1024,
-            conn=(np.int64, -1),
-            n=(np.int64, 0),
-            s1=(np.int64, 0),
-            s2=(object, 0),
-            s3=(object, 0),
-            head=(np.int64, -1),
-            last=(np.int64, -1),
-            last_secs=(np.int64, -1),
-            pending=(np.int64, 0),
-        )
+        self.P = _Level("pair", self._attrs)
+        self._p_conn = np.full(1024, -1, dtype=np.int64)
         self._p_cols = {c: np.full(1024, -1, dtype=np.int64) for c in self._pair_cols}
-        self._counts = {a: np.zeros((1024, 4), dtype=np.int64) for a in self._attrs}
+        self._p_local = {c: np.full(1024, -1, dtype=np.int64) for c in self._pair_cols}
+        self._vnum = np.full((1024, len(self._num_streams)), np.nan)
+        self._vnum[:, 0] = 0
+        self._vcat = np.full((1024, len(self._cat_streams)), -1, dtype=np.int64)
+        # -- connections
         self._conn_index: dict[str, int] = {}
         self._conn_ids: list[str | None] = []
         self._conn_pairs: list[list[int] | None] = []
+        self._conn_local: list[dict[str, dict[int, int]] | None] = []
         self._free_conns: list[int] = []
-        self.c = _Grow(1024, n=(np.int64, 0))
-        self._c_cols = {c: np.full(1024, -1, dtype=np.int64) for c in self._target_cols_needed()}
-        # -- event store (committed window events, time order), logical index = phys + base
+        self.C = _Level("conn", self._attrs)
+        self._c_cols = {c: np.full(1024, -1, dtype=np.int64) for c in self._target_cols}
+        # -- event store: committed window events in time order; logical index = phys + base
         self.s = _Grow(
             4096,
             pair=(np.int64, -1),
+            conn=(np.int64, -1),
             secs=(np.int64, 0),
-            next=(np.int64, -1),
+            next_pair=(np.int64, -1),
+            next_conn=(np.int64, -1),
             flag=(np.bool_, False),
         )
         self._s_codes = np.zeros((4096, _A), dtype=np.int32)
@@ -207,8 +279,9 @@ class CompiledEngine:
         self._evict_ptr = 0
         # -- pending (observed, not committed) events
         self._raw: list[Event] = []
-        self._pd_pair = np.empty(0, dtype=np.int64)
-        self._pd_secs = np.empty(0, dtype=np.int64)
+        self._pd_pair = _EMPTY
+        self._pd_conn = _EMPTY
+        self._pd_secs = _EMPTY
         self._pd_codes = np.empty((0, _A), dtype=np.int32)
         self._sig_index: dict[tuple, tuple[int, ...]] = {}
         self._ref: int | None = None
@@ -217,29 +290,7 @@ class CompiledEngine:
         self._cutoffs = 0
         self._capped = 0
 
-    # ------------------------------------------------------------------ compile helpers
-    def _columns_needed(self) -> list[str]:
-        cols: set[str] = set()
-        for s in self.plan.specs:
-            if s.source is not None and s.source.kind == "pair_column":
-                cols.add(s.source.column)
-            pv = s.pair_value
-            if pv is not None:
-                if pv.kind == "column":
-                    cols.add(pv.column)
-                if pv.source is not None and pv.source.kind == "pair_column":
-                    cols.add(pv.source.column)
-        for c in cols:
-            self.vocab.setdefault(c, Vocab())
-        return sorted(cols)
-
-    def _target_cols_needed(self) -> list[str]:
-        cols = sorted({s.column for s in self.plan.specs if s.level == TARGET_COLUMN})
-        for c in cols:
-            self.vocab.setdefault(c, Vocab())
-        return cols
-
-    # ------------------------------------------------------------------ input
+    # ================================================================== input
     def observe(self, event: Event) -> None:
         if self._watermark is not None and event.secs <= self._watermark:
             raise ValueError(f"late event: secs={event.secs} is not after the watermark {self._watermark}")
@@ -257,14 +308,14 @@ class CompiledEngine:
         keys = pd.MultiIndex.from_arrays([events[f].to_numpy(dtype=object) for f in IDENTITY_FIELDS])
         key_codes, uniques = keys.factorize()
         slots = np.fromiter((self._pair_slot(k) for k in uniques), dtype=np.int64, count=len(uniques))
-        pairs = slots[key_codes]
         codes = np.full((len(events), _A), -1, dtype=np.int32)
         for j, a in enumerate(ATTRIBUTE_FIELDS):
             col_codes, col_uniques = pd.factorize(events[a].to_numpy(dtype=object), use_na_sentinel=True)
             vocab = self.vocab[a]
             lut = np.fromiter((vocab.code(v) for v in col_uniques), dtype=np.int64, count=len(col_uniques))
-            codes[:, j] = np.where(col_codes >= 0, lut[np.maximum(col_codes, 0)] if len(lut) else -1, -1)
-        self._add_pending(pairs, secs, codes)
+            if len(lut):
+                codes[:, j] = np.where(col_codes >= 0, lut[np.maximum(col_codes, 0)], -1)
+        self._add_pending(slots[key_codes], secs, codes)
         if self.fallback is not None:
             self.fallback.observe_frame(events)
 
@@ -300,10 +351,13 @@ class CompiledEngine:
     def _add_pending(self, pairs: np.ndarray, secs: np.ndarray, codes: np.ndarray) -> None:
         if self._ref is None:
             self._ref = int(secs.min())
+        conns = self._p_conn[pairs]
         self._pd_pair = np.concatenate([self._pd_pair, pairs])
+        self._pd_conn = np.concatenate([self._pd_conn, conns])
         self._pd_secs = np.concatenate([self._pd_secs, secs])
         self._pd_codes = np.concatenate([self._pd_codes, codes])
-        np.add.at(self.p.pending, pairs, 1)
+        np.add.at(self.P.a.pending, pairs, 1)
+        np.add.at(self.C.a.pending, conns, 1)
         self._observed += len(pairs)
 
     def _pair_slot(self, key: tuple) -> int:
@@ -316,28 +370,31 @@ class CompiledEngine:
         else:
             slot = len(self._pair_key)
             self._pair_key.append(key)
-            self.p.ensure(slot + 1)
-            self._grow_pair_tables(self.p.capacity)
+            if slot >= len(self._p_conn):
+                self._grow_pairs(slot + 1)
         self._pair_index[key] = slot
-        conn_id = SEPARATOR.join(key[i] for i in self._conn_pos)
+        conn_id = SEPARATOR.join([key[i] for i in self._conn_pos])
         conn = self._conn_slot(conn_id, key)
-        self.p.conn[slot] = conn
+        self._p_conn[slot] = conn
         self._conn_pairs[conn].append(slot)
+        local = self._conn_local[conn]
         for col in self._pair_cols:
-            self._p_cols[col][slot] = self.vocab[col].code(self._column_value(col, key, conn_id))
+            code = self.vocab[col].code(self._column_value(col, key, conn_id))
+            self._p_cols[col][slot] = code
+            self._p_local[col][slot] = local[col].setdefault(code, len(local[col]))
         return slot
 
-    def _grow_pair_tables(self, capacity: int) -> None:
-        for col, arr in self._p_cols.items():
-            if len(arr) < capacity:
-                new = np.full(capacity, -1, dtype=np.int64)
-                new[: len(arr)] = arr
-                self._p_cols[col] = new
-        for a, mat in self._counts.items():
-            if mat.shape[0] < capacity:
-                new = np.zeros((capacity, mat.shape[1]), dtype=np.int64)
-                new[: mat.shape[0]] = mat
-                self._counts[a] = new
+    def _grow_pairs(self, size: int) -> None:
+        self.P.ensure(size)
+        cap = self.P.a.capacity
+        self._p_conn = _grow_rows(self._p_conn, cap, -1)
+        for col in self._pair_cols:
+            self._p_cols[col] = _grow_rows(self._p_cols[col], cap, -1)
+            self._p_local[col] = _grow_rows(self._p_local[col], cap, -1)
+        old = len(self._vnum)
+        self._vnum = _grow_rows(self._vnum, cap, np.nan)
+        self._vnum[old:, 0] = 0
+        self._vcat = _grow_rows(self._vcat, cap, -1)
 
     def _column_value(self, col: str, key: tuple, conn_id: str) -> str:
         if col in IDENTITY_FIELDS:
@@ -352,417 +409,347 @@ class CompiledEngine:
         slot = self._conn_index.get(conn_id)
         if slot is not None:
             return slot
+        local = {c: {} for c in self._pair_cols}
         if self._free_conns:
             slot = self._free_conns.pop()
             self._conn_ids[slot] = conn_id
             self._conn_pairs[slot] = []
+            self._conn_local[slot] = local
         else:
             slot = len(self._conn_ids)
             self._conn_ids.append(conn_id)
             self._conn_pairs.append([])
-            self.c.ensure(slot + 1)
-            for col, arr in self._c_cols.items():
-                if len(arr) < self.c.capacity:
-                    new = np.full(self.c.capacity, -1, dtype=np.int64)
-                    new[: len(arr)] = arr
-                    self._c_cols[col] = new
+            self._conn_local.append(local)
+            if slot >= self.C.a.capacity:
+                self.C.ensure(slot + 1)
+                for col in self._target_cols:
+                    self._c_cols[col] = _grow_rows(self._c_cols[col], self.C.a.capacity, -1)
         self._conn_index[conn_id] = slot
-        for col in self._c_cols:
+        for col in self._target_cols:
             self._c_cols[col][slot] = self.vocab[col].code(self._column_value(col, key, conn_id))
         return slot
 
-    def _counts_for(self, attr: str) -> np.ndarray:
-        """The (pairs x values) count matrix of ``attr``, widened to the vocabulary."""
-        mat = self._counts[attr]
-        width = len(self.vocab[attr].values)
-        if mat.shape[1] < width:
-            new = np.zeros((mat.shape[0], max(width, 2 * mat.shape[1])), dtype=np.int64)
-            new[:, : mat.shape[1]] = mat
-            self._counts[attr] = mat = new
-        return mat
+    def _level_codes(self, level: _Level, attr: str) -> np.ndarray:
+        return level.widen(attr, len(self.vocab[attr].values))
 
-    # ------------------------------------------------------------------ output
+    # ================================================================== output
     def features_at(self, cutoffs: Sequence[Cutoff]) -> pd.DataFrame:
         cutoffs = [(str(c), int(t)) for c, t in cutoffs]
         self._materialize()
-        q_conn = np.fromiter((self._conn_index.get(c, -1) for c, _ in cutoffs), dtype=np.int64, count=len(cutoffs))
-        q_t = np.fromiter((t for _, t in cutoffs), dtype=np.int64, count=len(cutoffs))
-        if self._watermark is not None and len(q_t) and q_t.min() < self._watermark:
+        Q = len(cutoffs)
+        q_conn = np.fromiter((self._conn_index.get(c, -1) for c, _ in cutoffs), dtype=np.int64, count=Q)
+        q_t = np.fromiter((t for _, t in cutoffs), dtype=np.int64, count=Q)
+        if self._watermark is not None and Q and q_t.min() < self._watermark:
             raise ValueError(f"cutoff {q_t.min()} is before the watermark {self._watermark}")
-        rows_q, rows_p = self._expand(q_conn)
-        st = self._window_state(rows_p, q_t[rows_q])
-        present = st["n"] > 0
-        rows_q = rows_q[present]
-        st = {k: v[present] for k, v in st.items()}
-        st["pair"] = rows_p[present]
-        starts = np.flatnonzero(np.r_[True, rows_q[1:] != rows_q[:-1]]) if len(rows_q) else np.empty(0, np.int64)
-        groups = rows_q[starts]
-        ev = _Evaluator(self, st, starts, groups, len(cutoffs), q_conn)
+        batch = _Batch(self, q_conn, q_t, np.flatnonzero(q_conn >= 0))
+        ev = _Evaluator(self, batch)
         columns = {spec.name: ev.column(spec) for spec in self.plan.specs}
         if self.fallback is not None:
             fb = self.fallback.features_at(cutoffs)
             for name in fb.columns:
                 columns[name] = fb[name].array
-        self._cutoffs += len(cutoffs)
+        self._cutoffs += Q
         return frame(cutoffs, self.kind, {n: columns[n] for n in self.names})
 
-    def _expand(self, q_conn: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Rows (cutoff position, pair slot) for every pair of each cutoff's connection."""
-        known = np.flatnonzero(q_conn >= 0)
-        if not len(known):
-            return np.empty(0, np.int64), np.empty(0, np.int64)
-        uconn, inv = np.unique(q_conn[known], return_inverse=True)
-        lists = [self._conn_pairs[c] for c in uconn]
-        lens = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
-        flat = np.fromiter(chain.from_iterable(lists), dtype=np.int64, count=int(lens.sum()))
-        offs = np.cumsum(lens) - lens
-        per_q = lens[inv]
-        rows_q = np.repeat(known, per_q)
-        ends = np.cumsum(per_q)
-        pos = np.repeat(offs[inv] - (ends - per_q), per_q) + np.arange(int(ends[-1]) if len(ends) else 0)
-        return rows_q, flat[pos]
-
-    def _window_state(self, rows_p: np.ndarray, rows_t: np.ndarray) -> dict[str, np.ndarray]:
-        """Window state of pair ``rows_p[i]`` at time ``rows_t[i]``: committed + deltas."""
-        p, w, ref = self.p, self.window_secs, self._ref or 0
-        out: dict[str, np.ndarray] = {
-            "n": p.n[rows_p].copy(),
-            "s1": p.s1[rows_p].copy(),
-            "s2": p.s2[rows_p].copy(),
-            "s3": p.s3[rows_p].copy(),
-            "max": p.last_secs[rows_p].copy(),
-            "min": self._head_secs(rows_p),
+    def _committed(self, level: _Level, slots: np.ndarray) -> dict[str, np.ndarray]:
+        a = level.a
+        out = {
+            "n": a.n[slots],
+            "s1": a.s1[slots],
+            "s2": a.s2[slots],
+            "s3": a.s3[slots],
+            "max": a.last_secs[slots],
+            "min": self._head_secs(level, slots),
         }
-        for a in self._attrs:
-            out["cnt_" + a] = self._counts_for(a)[rows_p].copy()
-        if not len(rows_p):
-            return out
-        t_max = int(rows_t.max())
-        involved = np.zeros(p.capacity, dtype=bool)
-        involved[rows_p] = True
-        # arrivals: pending events of involved pairs up to the last cutoff
-        pd_inv = involved[self._pd_pair]
-        arr = np.flatnonzero(pd_inv & (self._pd_secs <= t_max))
-        # departures: committed events and pending ones whose secs + w <= t_max
-        lo, hi = self._evict_ptr - self._base, self._size - self._base
-        k = int(np.searchsorted(self.s.secs[lo:hi], t_max - w, side="right"))
-        sc = lo + np.flatnonzero(involved[self.s.pair[lo : lo + k]] & ~self.s.flag[lo : lo + k])
-        pdep = np.flatnonzero(pd_inv & (self._pd_secs <= t_max - w))
-        if not (len(arr) or len(sc) or len(pdep)):
-            return out
-        d_pair = np.concatenate([self._pd_pair[arr], self.s.pair[sc], self._pd_pair[pdep]])
-        d_secs = np.concatenate([self._pd_secs[arr], self.s.secs[sc], self._pd_secs[pdep]])
-        d_codes = np.concatenate([self._pd_codes[arr], self._s_codes[sc], self._pd_codes[pdep]])
-        n_arr = len(arr)
-        is_dep = np.r_[np.zeros(n_arr, bool), np.ones(len(sc) + len(pdep), bool)]
-        d_time = d_secs + np.where(is_dep, w, 0)
-        order = np.lexsort((d_time, d_pair))
-        sp, stime, ssecs, sdep = d_pair[order], d_time[order], d_secs[order], is_dep[order]
-        sign = np.where(sdep, -1, 1).astype(np.int64)
-        span = t_max + 1
-        key = sp * span + stime
-        # per row: deltas of its pair up to its time are [gstart, idx)
-        gstart = np.searchsorted(sp, rows_p, side="left")
-        idx = np.searchsorted(key, rows_p * span + rows_t, side="right")
-        has = idx > gstart
-
-        window_sum = _WindowSum(gstart, idx)
-        d = ssecs - ref
-        out["n"] += window_sum(sign)
-        out["s1"] += window_sum(sign * d)
-        if self._need_std or self._need_skew:
-            out["s2"] = out["s2"] + window_sum.exact_power(sign, d, 2)
-        if self._need_skew:
-            out["s3"] = out["s3"] + window_sum.exact_power(sign, d, 3)
-        for a, j in zip(self._attrs, self._attr_pos, strict=True):
-            width = self._counts_for(a).shape[1]
-            c = d_codes[order, j].astype(np.int64)
-            onehot = np.zeros((len(c), width), dtype=np.int64)
-            ok = c >= 0
-            onehot[np.flatnonzero(ok), c[ok]] = sign[ok]
-            out["cnt_" + a] += window_sum(onehot)
-        # MAX: the newest arrival up to t, else the newest committed event
-        last_arr = np.maximum.accumulate(np.where(sdep, -1, np.arange(len(sp))))
-        la = np.where(has, last_arr[np.maximum(idx - 1, 0)], -1)
-        use = has & (la >= gstart)
-        out["max"] = np.where(use, ssecs[np.maximum(la, 0)], out["max"])
-        # MIN: the oldest event not yet departed at t, walking the pair's chain
-        dep_pos = np.flatnonzero(sdep)
-        dep_pair = sp[dep_pos]
-        dstart = np.searchsorted(dep_pair, rows_p, side="left")
-        ndep = np.searchsorted(dep_pair, rows_p, side="right") - dstart
-        gone = window_sum(sdep.astype(np.int64))
-        succ = self._successors(rows_p, sc, pdep, t_max)
-        pick = np.minimum(dstart + gone, max(len(dep_pos) - 1, 0))
-        from_dep = ssecs[dep_pos[pick]] if len(dep_pos) else np.zeros(len(rows_p), np.int64)
-        moved = gone > 0
-        out["min"] = np.where(moved, np.where(gone < ndep, from_dep, succ), out["min"])
+        for attr in self._attrs:
+            out["cnt_" + attr] = self._level_codes(level, attr)[slots]
         return out
 
-    def _head_secs(self, pairs: np.ndarray) -> np.ndarray:
-        """secs of each pair's oldest committed window event (or of its first pending one)."""
-        head = self.p.head[pairs]
+    def _head_secs(self, level: _Level, slots: np.ndarray) -> np.ndarray:
+        """secs of each group's oldest committed window event (or of its first pending one)."""
+        head = level.a.head[slots]
         out = np.where(head >= 0, self.s.secs[np.maximum(head - self._base, 0)], -1)
         none = np.flatnonzero(head < 0)
         if len(none):
-            out[none] = self._first_pending(pairs[none], np.zeros(len(none), np.int64))
+            out[none] = self._nth_pending(level, slots[none], np.zeros(len(none), np.int64))
         return out
 
-    def _first_pending(self, pairs: np.ndarray, skip: np.ndarray) -> np.ndarray:
-        """secs of the (skip+1)-th pending event of each pair (-1 if none)."""
-        order = np.lexsort((self._pd_secs, self._pd_pair))
-        sp = self._pd_pair[order]
-        start = np.searchsorted(sp, pairs, side="left")
-        end = np.searchsorted(sp, pairs, side="right")
+    def _nth_pending(self, level: _Level, slots: np.ndarray, skip: np.ndarray) -> np.ndarray:
+        """secs of the (skip+1)-th pending event of each group (-1 if none)."""
+        key = self._pd_pair if level is self.P else self._pd_conn
+        order = np.lexsort((self._pd_secs, key))
+        sk = key[order]
+        start = np.searchsorted(sk, slots, side="left")
+        end = np.searchsorted(sk, slots, side="right")
         pos = start + skip
         ok = pos < end
-        out = np.full(len(pairs), -1, dtype=np.int64)
+        out = np.full(len(slots), -1, dtype=np.int64)
         out[ok] = self._pd_secs[order[pos[ok]]]
         return out
 
-    def _successors(self, rows_p: np.ndarray, sc: np.ndarray, pdep: np.ndarray, t_max: int) -> np.ndarray:
-        """Per row's pair: secs of the first chain event that does not depart by ``t_max``."""
-        upairs = np.unique(rows_p)
-        nxt = self.p.head[upairs].copy()
-        if len(sc):
-            sp = self.s.pair[sc]
-            lastc = np.full(self.p.capacity, -1, dtype=np.int64)
-            np.maximum.at(lastc, sp, sc + self._base)
-            lc = lastc[upairs]
-            has = lc >= 0
-            nxt[has] = self.s.next[lc[has] - self._base]
-        out = np.full(len(upairs), -1, dtype=np.int64)
-        com = nxt >= 0
-        out[com] = self.s.secs[nxt[com] - self._base]
-        if (~com).any():
-            npd = np.zeros(self.p.capacity, dtype=np.int64)
-            np.add.at(npd, self._pd_pair[pdep], 1)
-            pp = upairs[~com]
-            out[~com] = self._first_pending(pp, npd[pp])
-        return out[np.searchsorted(upairs, rows_p)]
+    def _pair_values(self, st: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Per-pair values of the plan's streams from pair states (absent pairs: n=0, NaN, -1)."""
+        n = st["n"]
+        present = n > 0
+        total = st["s1"] + n * (self._ref or 0)
+        safe_n = np.maximum(n, 1)
+        vnum = np.full((len(n), len(self._num_streams)), np.nan)
+        for j, pv in enumerate(self._num_streams):
+            prim, src = pv.primitive, pv.source
+            if prim == "count":
+                v = n.astype(np.float64)
+            elif src.kind == "secs":
+                if prim == "sum":
+                    v = total.astype(np.float64)
+                elif prim == "mean":
+                    v = total.astype(np.float64) / safe_n
+                elif prim == "min":
+                    v = st["min"].astype(np.float64)
+                elif prim == "max":
+                    v = st["max"].astype(np.float64)
+                elif prim == "std":
+                    v = nm.std_from_sums(n, st["s1"], st["s2"])
+                else:
+                    v = nm.skew_from_sums(n, st["s1"], st["s2"], st["s3"], total)
+            elif src.kind == "attr":  # num_unique
+                v = (st["cnt_" + src.column] > 0).sum(axis=1).astype(np.float64)
+            else:  # num_unique of a pair column seen through the pair's rows
+                v = np.ones(len(n))
+            vnum[:, j] = np.where(present, v, np.nan)
+        vnum[:, 0] = n
+        vcat = np.full((len(n), len(self._cat_streams)), -1, dtype=np.int64)
+        for j, pv in enumerate(self._cat_streams):
+            if pv.source.kind == "attr":
+                counts = st["cnt_" + pv.source.column]
+                vcat[:, j] = nm.row_mode(counts, self.vocab[pv.source.column].rank())
+            else:
+                raise AssertionError(pv)
+        return vnum, vcat
 
-    # ------------------------------------------------------------------ watermark
+    # ================================================================== watermark
     def advance(self, watermark_secs: int) -> None:
         w_secs = int(watermark_secs)
         if self._watermark is not None and w_secs < self._watermark:
             raise ValueError(f"watermark cannot go back from {self._watermark} to {w_secs}")
         self._materialize()
-        touched: list[np.ndarray] = []
+        touched: list[np.ndarray] = [_EMPTY]
+        committed = _EMPTY
         due = self._pd_secs <= w_secs
         if due.any():
             idx = np.flatnonzero(due)
             idx = idx[np.argsort(self._pd_secs[idx], kind="stable")]
-            pairs, secs, codes = self._pd_pair[idx], self._pd_secs[idx], self._pd_codes[idx]
+            pairs, conns = self._pd_pair[idx], self._pd_conn[idx]
+            secs, codes = self._pd_secs[idx], self._pd_codes[idx]
             keep = ~due
-            self._pd_pair, self._pd_secs, self._pd_codes = (
-                self._pd_pair[keep],
-                self._pd_secs[keep],
-                self._pd_codes[keep],
-            )
-            np.subtract.at(self.p.pending, pairs, 1)
-            self._append_store(pairs, secs, codes)
-            self._apply(pairs, secs, codes, +1)
-            touched.append(pairs)
+            self._pd_pair, self._pd_conn = self._pd_pair[keep], self._pd_conn[keep]
+            self._pd_secs, self._pd_codes = self._pd_secs[keep], self._pd_codes[keep]
+            np.subtract.at(self.P.a.pending, pairs, 1)
+            np.subtract.at(self.C.a.pending, conns, 1)
+            self._append_store(pairs, conns, secs, codes)
+            self._apply(pairs, conns, secs, codes, +1)
+            committed = pairs
+        touched.append(committed)
         touched.append(self._evict_until(w_secs - self.window_secs))
-        if self.max_events is not None and touched[0].size:
-            touched.append(self._enforce_cap(np.unique(self.p.conn[touched[0]])))
-        self._drop_idle(np.unique(np.concatenate(touched)))
+        if self.max_events is not None and len(committed):
+            touched.append(self._enforce_cap(np.unique(self._p_conn[committed])))
+        touched = np.unique(np.concatenate(touched))
+        if self._need_rows and len(touched):
+            self._vnum[touched], self._vcat[touched] = self._pair_values(self._committed(self.P, touched))
+        self._drop_idle(touched)
         self._watermark = w_secs
         self._maybe_rebase(w_secs)
         self._maybe_compact()
         if self.fallback is not None:
             self.fallback.advance(w_secs)
 
-    def _append_store(self, pairs: np.ndarray, secs: np.ndarray, codes: np.ndarray) -> None:
+    def _append_store(self, pairs: np.ndarray, conns: np.ndarray, secs: np.ndarray, codes: np.ndarray) -> None:
         m = len(pairs)
         self._ensure_store(self._size - self._base + m)
         lo = self._size - self._base
         s = self.s
         s.pair[lo : lo + m] = pairs
+        s.conn[lo : lo + m] = conns
         s.secs[lo : lo + m] = secs
-        s.next[lo : lo + m] = -1
+        s.next_pair[lo : lo + m] = -1
+        s.next_conn[lo : lo + m] = -1
         s.flag[lo : lo + m] = False
         self._s_codes[lo : lo + m] = codes
         logical = self._size + np.arange(m)
         self._size += m
-        order = np.argsort(pairs, kind="stable")
-        sp, li = pairs[order], logical[order]
-        same = sp[1:] == sp[:-1]
-        s.next[li[:-1][same] - self._base] = li[1:][same]
-        first = np.flatnonzero(np.r_[True, ~same])
-        last = np.r_[first[1:] - 1, len(sp) - 1]
-        gp = sp[first]
-        prev = self.p.last[gp]
-        link = prev >= self._base
-        s.next[prev[link] - self._base] = li[first][link]
-        empty = self.p.head[gp] < 0
-        self.p.head[gp[empty]] = li[first][empty]
-        self.p.last[gp] = li[last]
-        self.p.last_secs[gp] = s.secs[li[last] - self._base]
+        for level, keys in ((self.P, pairs), (self.C, conns)):
+            nxt = getattr(s, level.next)
+            a = level.a
+            order = np.argsort(keys, kind="stable")
+            sk, li = keys[order], logical[order]
+            same = sk[1:] == sk[:-1]
+            nxt[li[:-1][same] - self._base] = li[1:][same]
+            first = np.flatnonzero(np.r_[True, ~same])
+            last = np.r_[first[1:] - 1, len(sk) - 1]
+            g = sk[first]
+            prev = a.last[g]
+            link = prev >= self._base
+            nxt[prev[link] - self._base] = li[first][link]
+            empty = a.head[g] < 0
+            a.head[g[empty]] = li[first][empty]
+            a.last[g] = li[last]
+            a.last_secs[g] = s.secs[li[last] - self._base]
 
     def _ensure_store(self, size: int) -> None:
-        if size > self.s.capacity:
-            self.s.ensure(size)
-            new = np.zeros((self.s.capacity, _A), dtype=np.int32)
-            new[: len(self._s_codes)] = self._s_codes
-            self._s_codes = new
+        if self.s.ensure(size):
+            self._s_codes = _grow_rows(self._s_codes, self.s.capacity, 0)
 
-    def _apply(self, pairs: np.ndarray, secs: np.ndarray, codes: np.ndarray, sign: int) -> None:
-        """Add (sign=+1) or remove (-1) events from the committed state of their pairs."""
+    def _apply(self, pairs: np.ndarray, conns: np.ndarray, secs: np.ndarray, codes: np.ndarray, sign: int) -> None:
+        """Add (sign=+1) or remove (-1) events from the committed state of their groups."""
         if not len(pairs):
             return
-        order = np.argsort(pairs, kind="stable")
-        sp = pairs[order]
-        first = np.flatnonzero(np.r_[True, sp[1:] != sp[:-1]])
-        gp = sp[first]
-        d = secs[order] - self._ref
-        cnt = np.diff(np.r_[first, len(sp)])
-        p = self.p
-        p.n[gp] += sign * cnt
-        p.s1[gp] += sign * np.add.reduceat(d, first)
-        do = d.astype(object)
-        if self._need_std or self._need_skew:
-            p.s2[gp] = p.s2[gp] + sign * np.add.reduceat(do * do, first)
-        if self._need_skew:
-            p.s3[gp] = p.s3[gp] + sign * np.add.reduceat(do * do * do, first)
-        np.add.at(self.c.n, p.conn[gp], sign * cnt)
-        for a, j in zip(self._attrs, self._attr_pos, strict=True):
-            mat = self._counts_for(a)
-            c = codes[:, j]
-            ok = c >= 0
-            np.add.at(mat, (pairs[ok], c[ok]), sign)
+        d_all = secs - self._ref
+        for level, keys in ((self.P, pairs), (self.C, conns)):
+            order = np.argsort(keys, kind="stable")
+            sk = keys[order]
+            first = np.flatnonzero(np.r_[True, sk[1:] != sk[:-1]])
+            g = sk[first]
+            d = d_all[order]
+            a = level.a
+            a.n[g] += sign * np.diff(np.r_[first, len(sk)])
+            a.s1[g] += sign * np.add.reduceat(d, first)
+            if self._need_std or self._need_skew:
+                do = d.astype(object)
+                a.s2[g] = a.s2[g] + sign * np.add.reduceat(do * do, first)
+                if self._need_skew:
+                    a.s3[g] = a.s3[g] + sign * np.add.reduceat(do * do * do, first)
+            for attr, j in zip(self._attrs, self._attr_pos, strict=True):
+                mat = self._level_codes(level, attr)
+                c = codes[:, j]
+                ok = c >= 0
+                np.add.at(mat, (keys[ok], c[ok]), sign)
 
     def _evict_until(self, oldest: int) -> np.ndarray:
         """Remove committed events with ``secs <= oldest``; returns the pairs touched."""
         lo, hi = self._evict_ptr - self._base, self._size - self._base
         k = int(np.searchsorted(self.s.secs[lo:hi], oldest, side="right"))
         if not k:
-            return np.empty(0, np.int64)
+            return _EMPTY
         phys = lo + np.flatnonzero(~self.s.flag[lo : lo + k])
         self._evict_ptr += k
         return self._remove(phys)
 
     def _remove(self, phys: np.ndarray) -> np.ndarray:
-        """Remove store events (a prefix of each pair's chain) from committed state."""
+        """Remove store events (a prefix of each group's chain) from committed state."""
         if not len(phys):
-            return np.empty(0, np.int64)
+            return _EMPTY
         s = self.s
-        pairs = s.pair[phys]
-        self._apply(pairs, s.secs[phys], self._s_codes[phys], -1)
+        pairs, conns = s.pair[phys], s.conn[phys]
+        self._apply(pairs, conns, s.secs[phys], self._s_codes[phys], -1)
         s.flag[phys] = True
-        last = np.full(self.p.capacity, -1, dtype=np.int64)
-        np.maximum.at(last, pairs, phys)
-        gp = np.unique(pairs)
-        self.p.head[gp] = s.next[last[gp]]
-        return gp
+        for level, keys in ((self.P, pairs), (self.C, conns)):
+            last = np.full(level.a.capacity, -1, dtype=np.int64)
+            np.maximum.at(last, keys, phys)
+            g = np.unique(keys)
+            level.a.head[g] = getattr(s, level.next)[last[g]]
+        return np.unique(pairs)
 
     def _enforce_cap(self, conns: np.ndarray) -> np.ndarray:
         """Drop the oldest events of connections over the cap (featuretools would keep them)."""
-        over = conns[self.c.n[conns] > self.max_events]
+        over = conns[self.C.a.n[conns] > self.max_events]
         if not len(over):
-            return np.empty(0, np.int64)
+            return _EMPTY
         drop: list[int] = []
         s, base = self.s, self._base
-        for conn in over:
-            excess = int(self.c.n[conn]) - self.max_events
-            heads = {p: int(self.p.head[p]) for p in self._conn_pairs[conn] if self.p.head[p] >= 0}
-            while excess > 0 and heads:
-                p = min(heads, key=lambda q: s.secs[heads[q] - base])
-                e = heads[p]
+        for conn in over.tolist():
+            e = int(self.C.a.head[conn])
+            for _ in range(int(self.C.a.n[conn]) - self.max_events):
                 drop.append(e - base)
-                nxt = int(s.next[e - base])
-                if nxt >= 0:
-                    heads[p] = nxt
-                else:
-                    del heads[p]
-                excess -= 1
+                e = int(s.next_conn[e - base])
         self._capped += len(drop)
-        if drop:
-            log.warning(
-                "%d connection(s) over the cap of %d window events: dropped %d oldest event(s)",
-                len(over),
-                self.max_events,
-                len(drop),
-            )
+        log.warning(
+            "%d connection(s) over the cap of %d window events: dropped their %d oldest event(s)",
+            len(over),
+            self.max_events,
+            len(drop),
+        )
         return self._remove(np.array(sorted(drop), dtype=np.int64))
 
     def _drop_idle(self, pairs: np.ndarray) -> None:
         """Forget pairs (and connections) with nothing in the window and nothing pending."""
-        p = self.p
-        idle = pairs[(p.n[pairs] == 0) & (p.pending[pairs] == 0)]
+        a = self.P.a
+        idle = pairs[(a.n[pairs] == 0) & (a.pending[pairs] == 0)]
         for slot in idle.tolist():
             key = self._pair_key[slot]
             if key is None:
                 continue
             del self._pair_index[key]
             self._pair_key[slot] = None
-            conn = int(p.conn[slot])
+            conn = int(self._p_conn[slot])
             members = self._conn_pairs[conn]
             members.remove(slot)
             if not members:
                 del self._conn_index[self._conn_ids[conn]]
                 self._conn_ids[conn] = None
                 self._conn_pairs[conn] = None
+                self._conn_local[conn] = None
+                self.C.reset(conn)
                 self._free_conns.append(conn)
-            p.conn[slot] = -1
-            p.s1[slot] = 0
-            p.s2[slot] = 0
-            p.s3[slot] = 0
-            p.head[slot] = -1
-            p.last[slot] = -1
-            p.last_secs[slot] = -1
+            self._p_conn[slot] = -1
+            self.P.reset(slot)
+            self._vnum[slot] = np.nan
+            self._vnum[slot, 0] = 0
+            self._vcat[slot] = -1
             self._free_pairs.append(slot)
 
     def _maybe_rebase(self, w_secs: int) -> None:
         """Move ``ref`` forward so that |secs - ref| stays small (exactly, in Python ints)."""
         if self._ref is None or w_secs - self._ref <= _REBASE_AFTER:
             return
-        new_ref = w_secs - self.window_secs
-        shift = new_ref - self._ref
+        shift = w_secs - self.window_secs - self._ref
         if shift <= 0:
             return
-        p = self.p
-        live = np.flatnonzero(p.n[: len(self._pair_key)] > 0)
-        n = p.n[live].astype(object)
-        s1, s2, s3 = p.s1[live].astype(object), p.s2[live], p.s3[live]
-        p.s3[live] = s3 - 3 * shift * s2 + 3 * shift * shift * s1 - n * shift**3
-        p.s2[live] = s2 - 2 * shift * s1 + n * shift * shift
-        p.s1[live] = (s1 - n * shift).astype(np.int64)
-        self._ref = new_ref
+        for level in (self.P, self.C):
+            a = level.a
+            live = np.flatnonzero(a.n > 0)
+            n = a.n[live].astype(object)
+            s1, s2, s3 = a.s1[live].astype(object), a.s2[live], a.s3[live]
+            a.s3[live] = s3 - 3 * shift * s2 + 3 * shift * shift * s1 - n * shift**3
+            a.s2[live] = s2 - 2 * shift * s1 + n * shift * shift
+            a.s1[live] = (s1 - n * shift).astype(np.int64)
+        self._ref += shift
 
     def _maybe_compact(self) -> None:
         dead = self._evict_ptr - self._base
         if dead < max(1 << 16, self.s.capacity // 2):
             return
         live = self._size - self._evict_ptr
-        s = self.s
-        for name in ("pair", "secs", "next", "flag"):
-            arr = getattr(s, name)
+        for name in ("pair", "conn", "secs", "next_pair", "next_conn", "flag"):
+            arr = getattr(self.s, name)
             arr[:live] = arr[dead : dead + live]
         self._s_codes[:live] = self._s_codes[dead : dead + live]
         self._base = self._evict_ptr
 
-    # ------------------------------------------------------------------ stats
+    # ================================================================== stats
     def stats(self) -> EngineStats:
         pairs = len(self._pair_index)
-        per_key = sys.getsizeof((0,) * 4) + 100  # key tuple + dict entry (strings are shared)
+        conns = len(self._conn_index)
         size = (
-            self.p.nbytes()
+            self.P.nbytes()
+            + self.C.nbytes()
+            + self._vnum.nbytes
+            + self._vcat.nbytes
+            + self._p_conn.nbytes
             + sum(a.nbytes for a in self._p_cols.values())
-            + sum(m.nbytes for m in self._counts.values())
-            + self.c.nbytes()
+            + sum(a.nbytes for a in self._p_local.values())
+            + sum(a.nbytes for a in self._c_cols.values())
             + self.s.nbytes()
             + self._s_codes.nbytes
-            + self._pd_pair.nbytes * 2
+            + self._pd_pair.nbytes * 3
             + self._pd_codes.nbytes
-            + pairs * (per_key + 2 * 32)  # + Python ints of s2, s3
-            + len(self._conn_index) * 150
-            + sum(sys.getsizeof(v) for v in self.vocab.values())
+            + (pairs + conns) * (2 * 32)  # Python ints of s2, s3
+            + pairs * (sys.getsizeof((0,) * 4) + 100 + 8)  # key tuple, dict entry, list slot
+            + conns * (150 + 100 * len(self._pair_cols))  # id, dict entry, local host dicts
+            + sum(sys.getsizeof(v.values) + sys.getsizeof(v.index) for v in self.vocab.values())
         )
         return EngineStats(
-            connections=len(self._conn_index),
+            connections=conns,
             pairs=pairs,
-            window_events=int(self.c.n.sum()),
+            window_events=int(self.C.a.n.sum()),
             pending_events=len(self._pd_secs) + len(self._raw),
             events_observed=self._observed + len(self._raw),
             cutoffs_computed=self._cutoffs,
@@ -794,139 +781,283 @@ class _WindowSum:
         return self(sign.astype(object) * d.astype(object) ** power)
 
 
-class _Evaluator:
-    """Evaluates compiled specs for one batch of cutoffs (present rows grouped by cutoff)."""
+class _Batch:
+    """The deltas of one ``features_at`` call and the group states they give."""
 
-    def __init__(
-        self,
-        engine: CompiledEngine,
-        st: dict[str, np.ndarray],
-        starts: np.ndarray,
-        groups: np.ndarray,
-        n_cutoffs: int,
-        q_conn: np.ndarray,
-    ) -> None:
+    def __init__(self, e: CompiledEngine, q_conn: np.ndarray, q_t: np.ndarray, known: np.ndarray) -> None:
+        self.e = e
+        self.q_conn, self.q_t, self.known = q_conn, q_t, known
+        self.t_max = int(q_t[known].max()) if len(known) else 0
+        inv = np.zeros(e.C.a.capacity, dtype=bool)
+        inv[q_conn[known]] = True
+        w = e.window_secs
+        pd_inv = inv[e._pd_conn] if len(known) else np.zeros(len(e._pd_conn), bool)
+        arr = np.flatnonzero(pd_inv & (e._pd_secs <= self.t_max))
+        lo, hi = e._evict_ptr - e._base, e._size - e._base
+        k = int(np.searchsorted(e.s.secs[lo:hi], self.t_max - w, side="right")) if len(known) else 0
+        self.sc = lo + np.flatnonzero(inv[e.s.conn[lo : lo + k]] & ~e.s.flag[lo : lo + k])
+        self.pdep = np.flatnonzero(pd_inv & (e._pd_secs <= self.t_max - w))
+        sc, pdep = self.sc, self.pdep
+        self.pair = np.concatenate([e._pd_pair[arr], e.s.pair[sc], e._pd_pair[pdep]])
+        self.conn = np.concatenate([e._pd_conn[arr], e.s.conn[sc], e._pd_conn[pdep]])
+        self.secs = np.concatenate([e._pd_secs[arr], e.s.secs[sc], e._pd_secs[pdep]])
+        self.codes = np.concatenate([e._pd_codes[arr], e._s_codes[sc], e._pd_codes[pdep]])
+        self.dep = np.r_[np.zeros(len(arr), bool), np.ones(len(sc) + len(pdep), bool)]
+        self.time = self.secs + np.where(self.dep, w, 0)
+
+    def state(self, level: _Level, slots: np.ndarray, times: np.ndarray) -> dict[str, np.ndarray]:
+        """Window state of group ``slots[i]`` at ``times[i]``: committed state plus deltas."""
+        e = self.e
+        out = e._committed(level, slots)
+        if not len(self.pair) or not len(slots):
+            return out
+        keys = self.pair if level is e.P else self.conn
+        order = np.lexsort((self.time, keys))
+        sk, stime, ssecs, sdep = keys[order], self.time[order], self.secs[order], self.dep[order]
+        sign = np.where(sdep, -1, 1).astype(np.int64)
+        span = self.t_max + 1
+        gstart = np.searchsorted(sk, slots, side="left")
+        idx = np.searchsorted(sk * span + stime, slots * span + times, side="right")
+        has = idx > gstart
+        window_sum = _WindowSum(gstart, idx)
+        d = ssecs - (e._ref or 0)
+        out["n"] = out["n"] + window_sum(sign)
+        out["s1"] = out["s1"] + window_sum(sign * d)
+        if e._need_std or e._need_skew:
+            out["s2"] = out["s2"] + window_sum.exact_power(sign, d, 2)
+        if e._need_skew:
+            out["s3"] = out["s3"] + window_sum.exact_power(sign, d, 3)
+        for attr, j in zip(e._attrs, e._attr_pos, strict=True):
+            width = e._level_codes(level, attr).shape[1]
+            c = self.codes[order, j].astype(np.int64)
+            onehot = np.zeros((len(c), width), dtype=np.int64)
+            ok = np.flatnonzero(c >= 0)
+            onehot[ok, c[ok]] = sign[ok]
+            out["cnt_" + attr] = out["cnt_" + attr] + window_sum(onehot)
+        # MAX: the newest arrival up to t, else the newest committed event
+        last_arr = np.maximum.accumulate(np.where(sdep, -1, np.arange(len(sk))))
+        la = np.where(has, last_arr[np.maximum(idx - 1, 0)], -1)
+        out["max"] = np.where(has & (la >= gstart), ssecs[np.maximum(la, 0)], out["max"])
+        # MIN: the oldest event not departed at t, walking the group's chain
+        dep_pos = np.flatnonzero(sdep)
+        if len(dep_pos):
+            dep_key = sk[dep_pos]
+            dstart = np.searchsorted(dep_key, slots, side="left")
+            ndep = np.searchsorted(dep_key, slots, side="right") - dstart
+            gone = window_sum(sdep.astype(np.int64))
+            from_dep = ssecs[dep_pos[np.minimum(dstart + gone, len(dep_pos) - 1)]]
+            succ = self._successors(level, slots)
+            out["min"] = np.where(gone > 0, np.where(gone < ndep, from_dep, succ), out["min"])
+        return out
+
+    def _successors(self, level: _Level, slots: np.ndarray) -> np.ndarray:
+        """Per group: secs of the first chain event that does not depart by ``t_max``."""
+        e = self.e
+        groups = np.unique(slots)
+        nxt = level.a.head[groups].copy()
+        if len(self.sc):
+            keys = getattr(e.s, level.key)[self.sc]
+            lastc = np.full(level.a.capacity, -1, dtype=np.int64)
+            np.maximum.at(lastc, keys, self.sc + e._base)
+            lc = lastc[groups]
+            has = lc >= 0
+            nxt[has] = getattr(e.s, level.next)[lc[has] - e._base]
+        out = np.full(len(groups), -1, dtype=np.int64)
+        com = nxt >= 0
+        out[com] = e.s.secs[nxt[com] - e._base]
+        if (~com).any():
+            pend_keys = (e._pd_pair if level is e.P else e._pd_conn)[self.pdep]
+            npd = np.zeros(level.a.capacity, dtype=np.int64)
+            np.add.at(npd, pend_keys, 1)
+            gp = groups[~com]
+            out[~com] = e._nth_pending(level, gp, npd[gp])
+        return out[np.searchsorted(groups, slots)]
+
+    def pair_rows(self) -> dict[str, np.ndarray]:
+        """Rows (cutoff, pair) for every present pair of each cutoff's connection, with values."""
+        e = self.e
+        known, q_conn = self.known, self.q_conn
+        if not len(known):
+            return {}
+        uconn, inv = np.unique(q_conn[known], return_inverse=True)
+        lists = [e._conn_pairs[c] for c in uconn.tolist()]
+        lens = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
+        flat = np.fromiter(chain.from_iterable(lists), dtype=np.int64, count=int(lens.sum()))
+        offs = np.cumsum(lens) - lens
+        per_q = lens[inv]
+        rows_q = np.repeat(known, per_q)
+        ends = np.cumsum(per_q)
+        total = int(ends[-1]) if len(ends) else 0
+        rows_p = flat[np.repeat(offs[inv] - (ends - per_q), per_q) + np.arange(total)]
+        vnum, vcat = e._vnum[rows_p], e._vcat[rows_p]
+        if len(self.pair):
+            # values after each delta (one state per distinct (pair, time)), latest <= t wins
+            span = self.t_max + 1
+            ukey = np.unique(self.pair * span + self.time)
+            vp, vt = ukey // span, ukey % span
+            dnum, dcat = e._pair_values(self.state(e.P, vp, vt))
+            j = np.searchsorted(ukey, rows_p * span + self.q_t[rows_q], side="right") - 1
+            hit = (j >= 0) & (vp[np.maximum(j, 0)] == rows_p)
+            vnum[hit], vcat[hit] = dnum[j[hit]], dcat[j[hit]]
+        present = vnum[:, 0] > 0
+        return {"q": rows_q[present], "p": rows_p[present], "num": vnum[present], "cat": vcat[present]}
+
+
+class _Evaluator:
+    """Evaluates compiled specs for one batch of cutoffs."""
+
+    def __init__(self, engine: CompiledEngine, batch: _Batch) -> None:
         self.e = engine
-        self.st = st
-        self.starts = starts
-        self.groups = groups  # cutoff position of each present group
-        self.Q = n_cutoffs
-        self.q_conn = q_conn
-        self.G = len(groups)
-        self._pair_cache: dict[PairValue, np.ndarray] = {}
-        self._conn_cache: dict[str, object] = {}
-        self.total = st["s1"] + st["n"] * (engine._ref or 0)  # exact sum of secs per row
+        self.b = batch
+        self.Q = len(batch.q_t)
+        self._conn: dict[str, np.ndarray] | None = None
+        self._rows: dict[str, np.ndarray] | None = None
+        self._cache: dict[object, np.ndarray] = {}
+
+    # -- lazily computed inputs
+    @property
+    def conn(self) -> dict[str, np.ndarray]:
+        """Connection state at each known cutoff (``q`` = cutoff positions with n > 0)."""
+        if self._conn is None:
+            b = self.b
+            st = b.state(self.e.C, b.q_conn[b.known], b.q_t[b.known])
+            present = st["n"] > 0
+            self._conn = {k: v[present] for k, v in st.items()}
+            self._conn["q"] = b.known[present]
+            self._conn["total"] = self._conn["s1"] + self._conn["n"] * (self.e._ref or 0)
+        return self._conn
+
+    @property
+    def rows(self) -> dict[str, np.ndarray]:
+        """Present (cutoff, pair) rows grouped by cutoff, with ``starts`` and ``groups``."""
+        if self._rows is None:
+            r = self.b.pair_rows() or {"q": _EMPTY, "p": _EMPTY, "num": np.empty((0, 1)), "cat": _EMPTY}
+            q = r["q"]
+            r["starts"] = np.flatnonzero(np.r_[True, q[1:] != q[:-1]]) if len(q) else _EMPTY
+            r["groups"] = q[r["starts"]]
+            self._rows = r
+        return self._rows
 
     # -- assembly
     def column(self, spec: Spec):
         if spec.level == TARGET_COLUMN:
             codes = np.full(self.Q, -1, dtype=np.int64)
-            if self.G:
-                codes[self.groups] = self.e._c_cols[spec.column][self.q_conn[self.groups]]
+            q = self.conn["q"]
+            codes[q] = self.e._c_cols[spec.column][self.b.q_conn[q]]
             return self.e.vocab[spec.vocab].categorical(codes)
-        values = self._target_log(spec) if spec.level == TARGET_LOG else self._target_pairs(spec)
-        return self._fill(spec, values)
-
-    def _fill(self, spec: Spec, values: np.ndarray):
+        if spec.level == TARGET_LOG and spec.source.kind != "pair_column":
+            where, values = self.conn["q"], self._target_log(spec)
+        else:
+            where, values = self.rows["groups"], self._over_pairs(spec)
         if spec.output == "category":
             codes = np.full(self.Q, -1, dtype=np.int64)
-            codes[self.groups] = values
+            codes[where] = values
             return self.e.vocab[spec.vocab].categorical(codes)
-        default = 0.0 if spec.primitive in ("count", "sum") else np.nan
-        out = np.full(self.Q, default)
-        out[self.groups] = values
+        out = np.full(self.Q, 0.0 if spec.primitive in ("count", "sum") else np.nan)
+        out[where] = values
         return make_column(out, spec.output)
 
-    # -- connection level, over log rows (pair states summed)
-    def _sum(self, key: str) -> np.ndarray:
-        if key not in self._conn_cache:
-            v = self.st[key] if key != "total" else self.total
-            self._conn_cache[key] = np.add.reduceat(v, self.starts, axis=0) if self.G else v[:0]
-        return self._conn_cache[key]
-
+    # -- connection level, over its log rows
     def _target_log(self, spec: Spec) -> np.ndarray:
-        prim, src = spec.primitive, spec.source
-        if not self.G:
-            return np.empty(0)
+        prim, src, st = spec.primitive, spec.source, self.conn
+        n = st["n"]
         if src.kind == "rows":
-            return self._sum("n").astype(np.float64)
+            return n.astype(np.float64)
         if src.kind == "secs":
-            n = self._sum("n")
             if prim == "sum":
-                return self._sum("total").astype(np.float64)
+                return st["total"].astype(np.float64)
             if prim == "mean":
-                return self._sum("total").astype(np.float64) / n
+                return st["total"].astype(np.float64) / n
             if prim == "min":
-                return np.minimum.reduceat(self.st["min"], self.starts).astype(np.float64)
+                return st["min"].astype(np.float64)
             if prim == "max":
-                return np.maximum.reduceat(self.st["max"], self.starts).astype(np.float64)
+                return st["max"].astype(np.float64)
             if prim == "std":
-                return nm.std_from_sums(n, self._sum("s1"), self._sum("s2"))
-            if prim == "skew":
-                return nm.skew_from_sums(n, self._sum("s1"), self._sum("s2"), self._sum("s3"), self._sum("total"))
-        if src.kind == "attr":
-            counts = self._sum("cnt_" + src.column)
+                return self._memo("std", lambda: nm.std_from_sums(n, st["s1"], st["s2"]))
+            return self._memo("skew", lambda: nm.skew_from_sums(n, st["s1"], st["s2"], st["s3"], st["total"]))
+        counts = st["cnt_" + src.column]
+        if prim == "num_unique":
+            return (counts > 0).sum(axis=1).astype(np.float64)
+        return nm.row_mode(counts, self.e.vocab[src.column].rank())
+
+    def _memo(self, key, fn):
+        if key not in self._cache:
+            self._cache[key] = fn()
+        return self._cache[key]
+
+    # -- connection level, over its present pairs
+    def _over_pairs(self, spec: Spec) -> np.ndarray:
+        r, e = self.rows, self.e
+        starts, ngroups = r["starts"], len(r["groups"])
+        if not ngroups:
+            return np.empty(0)
+        prim = spec.primitive
+        if spec.level == TARGET_LOG:  # a pair column counted over the connection's log rows
+            col = spec.source.column
+            return self._column_counts(col, weights=r["num"][:, 0], prim=prim)
+        pv = spec.pair_value
+        if prim == "count":
+            return np.diff(np.r_[starts, len(r["q"])]).astype(np.float64)
+        if pv.kind == "column":
+            return self._column_counts(pv.column, weights=None, prim=prim)
+        if pv.primitive == "mode":
+            codes = r["cat"][:, e._cat_streams.index(pv)]
+            counts = self._memo(("catcounts", pv), lambda: self._code_counts(codes, len(e.vocab[pv.source.column].values)))
             if prim == "num_unique":
                 return (counts > 0).sum(axis=1).astype(np.float64)
-            if prim == "mode":
-                return nm.row_mode(counts, self.e.vocab[src.column].rank())
-        if src.kind == "pair_column":
-            codes = self.e._p_cols[src.column][self.st["pair"]]
-            if prim == "num_unique":
-                return nm.g_nunique(codes, self.starts, self.G).astype(np.float64)
-            if prim == "mode":
-                return nm.g_mode(codes, self.starts, self.G, self.e.vocab[src.column].rank(), self.st["n"])
-        raise AssertionError(f"uncompiled {spec}")
+            return nm.row_mode(counts, e.vocab[spec.vocab].rank())
+        j = e._num_streams.index(pv)
+        agg = self._memo(("pairs", prim), lambda: _GROUPED[prim](r["num"], starts))
+        return agg[:, j]
 
-    # -- connection level, over present pairs
-    def _pair_values(self, pv: PairValue) -> np.ndarray:
-        if pv in self._pair_cache:
-            return self._pair_cache[pv]
-        st = self.st
-        if pv.kind == "column":
-            v = self.e._p_cols[pv.column][st["pair"]]
-        else:
-            prim, src = pv.primitive, pv.source
-            n = st["n"]
-            if src.kind == "rows":
-                v = n.astype(np.float64)
-            elif src.kind == "secs":
-                v = {
-                    "sum": lambda: self.total.astype(np.float64),
-                    "mean": lambda: self.total.astype(np.float64) / n,
-                    "min": lambda: st["min"].astype(np.float64),
-                    "max": lambda: st["max"].astype(np.float64),
-                    "std": lambda: nm.std_from_sums(n, st["s1"], st["s2"]),
-                    "skew": lambda: nm.skew_from_sums(n, st["s1"], st["s2"], st["s3"], self.total),
-                }[prim]()
-            elif src.kind == "attr":
-                counts = st["cnt_" + src.column]
-                if prim == "num_unique":
-                    v = (counts > 0).sum(axis=1).astype(np.float64)
-                else:
-                    v = nm.row_mode(counts, self.e.vocab[src.column].rank())
-            else:  # a pair column seen through the pair's own rows
-                codes = self.e._p_cols[src.column][st["pair"]]
-                v = np.ones(len(codes)) if prim == "num_unique" else codes
-        self._pair_cache[pv] = v
-        return v
+    def _code_counts(self, codes: np.ndarray, width: int) -> np.ndarray:
+        """(groups x values) counts of codes (-1 skipped)."""
+        r = self.rows
+        gid = _group_ids(r["starts"], len(codes))
+        ok = codes >= 0
+        flat = np.bincount(gid[ok] * width + codes[ok], minlength=len(r["groups"]) * width)
+        return flat.reshape(len(r["groups"]), width)
 
-    def _target_pairs(self, spec: Spec) -> np.ndarray:
-        if not self.G:
-            return np.empty(0)
-        prim, pv = spec.primitive, spec.pair_value
-        if prim == "count":
-            return np.diff(np.r_[self.starts, len(self.st["n"])]).astype(np.float64)
-        x = self._pair_values(pv)
+    def _column_counts(self, col: str, weights: np.ndarray | None, prim: str) -> np.ndarray:
+        """NUM_UNIQUE / MODE of a pair column per cutoff (weighted by rows when asked).
+
+        Bins are the connection's own distinct values (local indices), so no hashing or
+        sorting of global codes is needed.
+        """
+        r, e = self.rows, self.e
+        gid = _group_ids(r["starts"], len(r["q"]))
+        local = e._p_local[col][r["p"]]
+        conns = self.b.q_conn[r["groups"]].tolist()
+        width = np.array([len(e._conn_local[c][col]) for c in conns], dtype=np.int64)
+        offs = np.cumsum(width) - width
+        bins = offs[gid] + local
+        nbins = int(width.sum())
+        w = np.ones(len(bins)) if weights is None else weights
+        counts = np.bincount(bins, weights=w, minlength=nbins)
+        bin_group = np.repeat(np.arange(len(width)), width)
         if prim == "num_unique":
-            return nm.g_nunique(x, self.starts, self.G).astype(np.float64)
-        if prim == "mode":
-            return nm.g_mode(x, self.starts, self.G, self.e.vocab[spec.vocab].rank())
-        return {
-            "sum": nm.g_sum,
-            "mean": nm.g_mean,
-            "min": nm.g_min,
-            "max": nm.g_max,
-            "std": nm.g_std,
-            "skew": nm.g_skew,
-        }[prim](x, self.starts)
+            return np.bincount(bin_group, weights=(counts > 0), minlength=len(width)).astype(np.float64)
+        code = np.full(nbins, -1, dtype=np.int64)
+        code[bins] = e._p_cols[col][r["p"]]
+        rank = e.vocab[col].rank()
+        big = len(rank) + 1
+        score = np.where(counts > 0, counts.astype(np.int64) * big + (big - 1 - rank[np.maximum(code, 0)]), -1)
+        best = np.maximum.reduceat(score, offs)
+        best_rank = big - 1 - best % big
+        return np.argsort(rank)[best_rank]
+
+
+def _group_ids(starts: np.ndarray, size: int) -> np.ndarray:
+    g = np.zeros(size, dtype=np.int64)
+    g[starts[1:]] = 1
+    return np.cumsum(g)
+
+
+_GROUPED = {
+    "sum": nm.g_sum,
+    "mean": nm.g_mean,
+    "min": nm.g_min,
+    "max": nm.g_max,
+    "std": nm.g_std,
+    "skew": nm.g_skew,
+}

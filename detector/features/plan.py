@@ -212,6 +212,8 @@ class Compiler:
                 raise Unsupported(f"{prim} of {source}")
             if prim in CATEGORICAL and source.kind in ("secs", "rows"):
                 raise Unsupported(f"{prim} of {source}")
+            if prim == "mode" and source.kind == "pair_column":
+                raise Unsupported("MODE of a pair's own column over its rows")
             return PairValue("log_agg", primitive=prim, source=source)
         raise Unsupported(f"pair-level base {base.get_name()}")
 
