@@ -252,9 +252,10 @@ class CompiledEngine:
         self._p_conn = np.full(1024, -1, dtype=np.int64)
         self._p_cols = {c: np.full(1024, -1, dtype=np.int64) for c in self._pair_cols}
         self._p_local = {c: np.full(1024, -1, dtype=np.int64) for c in self._pair_cols}
-        self._vnum = np.full((1024, len(self._num_streams)), np.nan)
-        self._vnum[:, 0] = 0
-        self._vcat = np.full((1024, len(self._cat_streams)), -1, dtype=np.int64)
+        # committed per-pair values, (streams x pairs): column reductions are contiguous
+        self._vnum = np.full((len(self._num_streams), 1024), np.nan)
+        self._vnum[0] = 0
+        self._vcat = np.full((len(self._cat_streams), 1024), -1, dtype=np.int64)
         # -- connections
         self._conn_index: dict[str, int] = {}
         self._conn_ids: list[str | None] = []
@@ -263,6 +264,7 @@ class CompiledEngine:
         self._free_conns: list[int] = []
         self.C = _Level("conn", self._attrs)
         self._c_cols = {c: np.full(1024, -1, dtype=np.int64) for c in self._target_cols}
+        self._c_nlocal = {c: np.zeros(1024, dtype=np.int64) for c in self._pair_cols}
         # -- event store: committed window events in time order; logical index = phys + base
         self.s = _Grow(
             4096,
@@ -307,7 +309,7 @@ class CompiledEngine:
         self._materialize()
         keys = pd.MultiIndex.from_arrays([events[f].to_numpy(dtype=object) for f in IDENTITY_FIELDS])
         key_codes, uniques = keys.factorize()
-        slots = np.fromiter((self._pair_slot(k) for k in uniques), dtype=np.int64, count=len(uniques))
+        slots = self._pair_slots(list(uniques))
         codes = np.full((len(events), _A), -1, dtype=np.int32)
         for j, a in enumerate(ATTRIBUTE_FIELDS):
             col_codes, col_uniques = pd.factorize(events[a].to_numpy(dtype=object), use_na_sentinel=True)
@@ -325,12 +327,7 @@ class CompiledEngine:
         if not raw:
             return
         self._raw = []
-        index = self._pair_index
-        keys = list(map(_IDENT, raw))
-        pairs = [index.get(k) for k in keys]
-        for i, p in enumerate(pairs):
-            if p is None:
-                pairs[i] = self._pair_slot(keys[i])
+        pairs = self._pair_slots(list(map(_IDENT, raw)))
         sig_index = self._sig_index
         sigs = list(map(_ATTRS, raw))
         codes = [sig_index.get(s) for s in sigs]
@@ -338,7 +335,7 @@ class CompiledEngine:
             if c is None:
                 codes[i] = self._signature(sigs[i])
         self._add_pending(
-            np.array(pairs, dtype=np.int64),
+            pairs,
             np.fromiter((e.secs for e in raw), dtype=np.int64, count=len(raw)),
             np.array(codes, dtype=np.int32).reshape(len(raw), _A),
         )
@@ -360,29 +357,53 @@ class CompiledEngine:
         np.add.at(self.C.a.pending, conns, 1)
         self._observed += len(pairs)
 
-    def _pair_slot(self, key: tuple) -> int:
-        slot = self._pair_index.get(key)
-        if slot is not None:
-            return slot
-        if self._free_pairs:
-            slot = self._free_pairs.pop()
-            self._pair_key[slot] = key
-        else:
-            slot = len(self._pair_key)
-            self._pair_key.append(key)
-            if slot >= len(self._p_conn):
-                self._grow_pairs(slot + 1)
-        self._pair_index[key] = slot
-        conn_id = SEPARATOR.join([key[i] for i in self._conn_pos])
-        conn = self._conn_slot(conn_id, key)
-        self._p_conn[slot] = conn
-        self._conn_pairs[conn].append(slot)
-        local = self._conn_local[conn]
+    def _pair_slots(self, keys: Sequence[tuple]) -> np.ndarray:
+        """Slots of pairs (src_name, dest_name, src_host, dest_host), creating new ones in bulk."""
+        index = self._pair_index
+        slots = [index.get(k) for k in keys]
+        new = [i for i, s in enumerate(slots) if s is None]
+        if not new:
+            return np.array(slots, dtype=np.int64)
+        fresh: list[int] = []
+        for i in new:
+            key = keys[i]
+            slot = index.get(key)  # the same new key may occur twice
+            if slot is None:
+                if self._free_pairs:
+                    slot = self._free_pairs.pop()
+                    self._pair_key[slot] = key
+                else:
+                    slot = len(self._pair_key)
+                    self._pair_key.append(key)
+                index[key] = slot
+                fresh.append(slot)
+            slots[i] = slot
+        if len(self._pair_key) > len(self._p_conn):
+            self._grow_pairs(len(self._pair_key))
+        fresh_keys = [self._pair_key[s] for s in fresh]
+        conn_ids = [SEPARATOR.join([k[i] for i in self._conn_pos]) for k in fresh_keys]
+        conns = [self._conn_slot(c, k) for c, k in zip(conn_ids, fresh_keys, strict=True)]
+        fresh_arr = np.array(fresh, dtype=np.int64)
+        self._p_conn[fresh_arr] = conns
+        members = self._conn_pairs
+        for slot, conn in zip(fresh, conns, strict=True):
+            members[conn].append(slot)
         for col in self._pair_cols:
-            code = self.vocab[col].code(self._column_value(col, key, conn_id))
-            self._p_cols[col][slot] = code
-            self._p_local[col][slot] = local[col].setdefault(code, len(local[col]))
-        return slot
+            vocab, local_all = self.vocab[col], self._conn_local
+            codes, bins = [], []
+            for key, cid, conn in zip(fresh_keys, conn_ids, conns, strict=True):
+                code = vocab.code(self._column_value(col, key, cid))
+                local = local_all[conn][col]
+                b = local.get(code)
+                if b is None:
+                    b = local[code] = len(local)
+                codes.append(code)
+                bins.append(b)
+            self._p_cols[col][fresh_arr] = codes
+            self._p_local[col][fresh_arr] = bins
+            nloc = self._c_nlocal[col]
+            np.maximum.at(nloc, np.array(conns, dtype=np.int64), np.array(bins, dtype=np.int64) + 1)
+        return np.array(slots, dtype=np.int64)
 
     def _grow_pairs(self, size: int) -> None:
         self.P.ensure(size)
@@ -391,10 +412,10 @@ class CompiledEngine:
         for col in self._pair_cols:
             self._p_cols[col] = _grow_rows(self._p_cols[col], cap, -1)
             self._p_local[col] = _grow_rows(self._p_local[col], cap, -1)
-        old = len(self._vnum)
-        self._vnum = _grow_rows(self._vnum, cap, np.nan)
-        self._vnum[old:, 0] = 0
-        self._vcat = _grow_rows(self._vcat, cap, -1)
+        old = self._vnum.shape[1]
+        self._vnum = _grow_rows(self._vnum.T, cap, np.nan).T.copy()
+        self._vnum[0, old:] = 0
+        self._vcat = _grow_rows(self._vcat.T, cap, -1).T.copy()
 
     def _column_value(self, col: str, key: tuple, conn_id: str) -> str:
         if col in IDENTITY_FIELDS:
@@ -424,7 +445,11 @@ class CompiledEngine:
                 self.C.ensure(slot + 1)
                 for col in self._target_cols:
                     self._c_cols[col] = _grow_rows(self._c_cols[col], self.C.a.capacity, -1)
+                for col in self._pair_cols:
+                    self._c_nlocal[col] = _grow_rows(self._c_nlocal[col], self.C.a.capacity, 0)
         self._conn_index[conn_id] = slot
+        for col in self._pair_cols:
+            self._c_nlocal[col][slot] = 0
         for col in self._target_cols:
             self._c_cols[col][slot] = self.vocab[col].code(self._column_value(col, key, conn_id))
         return slot
@@ -493,7 +518,7 @@ class CompiledEngine:
         present = n > 0
         total = st["s1"] + n * (self._ref or 0)
         safe_n = np.maximum(n, 1)
-        vnum = np.full((len(n), len(self._num_streams)), np.nan)
+        vnum = np.full((len(self._num_streams), len(n)), np.nan)
         for j, pv in enumerate(self._num_streams):
             prim, src = pv.primitive, pv.source
             if prim == "count":
@@ -515,13 +540,13 @@ class CompiledEngine:
                 v = (st["cnt_" + src.column] > 0).sum(axis=1).astype(np.float64)
             else:  # num_unique of a pair column seen through the pair's rows
                 v = np.ones(len(n))
-            vnum[:, j] = np.where(present, v, np.nan)
-        vnum[:, 0] = n
-        vcat = np.full((len(n), len(self._cat_streams)), -1, dtype=np.int64)
+            vnum[j] = np.where(present, v, np.nan)
+        vnum[0] = n
+        vcat = np.full((len(self._cat_streams), len(n)), -1, dtype=np.int64)
         for j, pv in enumerate(self._cat_streams):
             if pv.source.kind == "attr":
                 counts = st["cnt_" + pv.source.column]
-                vcat[:, j] = nm.row_mode(counts, self.vocab[pv.source.column].rank())
+                vcat[j] = nm.row_mode(counts, self.vocab[pv.source.column].rank())
             else:
                 raise AssertionError(pv)
         return vnum, vcat
@@ -554,7 +579,7 @@ class CompiledEngine:
             touched.append(self._enforce_cap(np.unique(self._p_conn[committed])))
         touched = np.unique(np.concatenate(touched))
         if self._need_rows and len(touched):
-            self._vnum[touched], self._vcat[touched] = self._pair_values(self._committed(self.P, touched))
+            self._vnum[:, touched], self._vcat[:, touched] = self._pair_values(self._committed(self.P, touched))
         self._drop_idle(touched)
         self._watermark = w_secs
         self._maybe_rebase(w_secs)
@@ -691,9 +716,9 @@ class CompiledEngine:
                 self._free_conns.append(conn)
             self._p_conn[slot] = -1
             self.P.reset(slot)
-            self._vnum[slot] = np.nan
-            self._vnum[slot, 0] = 0
-            self._vcat[slot] = -1
+            self._vnum[:, slot] = np.nan
+            self._vnum[0, slot] = 0
+            self._vcat[:, slot] = -1
             self._free_pairs.append(slot)
 
     def _maybe_rebase(self, w_secs: int) -> None:
@@ -889,7 +914,7 @@ class _Batch:
         ends = np.cumsum(per_q)
         total = int(ends[-1]) if len(ends) else 0
         rows_p = flat[np.repeat(offs[inv] - (ends - per_q), per_q) + np.arange(total)]
-        vnum, vcat = e._vnum[rows_p], e._vcat[rows_p]
+        vnum, vcat = e._vnum[:, rows_p], e._vcat[:, rows_p]
         if len(self.pair):
             # values after each delta (one state per distinct (pair, time)), latest <= t wins
             span = self.t_max + 1
@@ -898,9 +923,9 @@ class _Batch:
             dnum, dcat = e._pair_values(self.state(e.P, vp, vt))
             j = np.searchsorted(ukey, rows_p * span + self.q_t[rows_q], side="right") - 1
             hit = (j >= 0) & (vp[np.maximum(j, 0)] == rows_p)
-            vnum[hit], vcat[hit] = dnum[j[hit]], dcat[j[hit]]
-        present = vnum[:, 0] > 0
-        return {"q": rows_q[present], "p": rows_p[present], "num": vnum[present], "cat": vcat[present]}
+            vnum[:, hit], vcat[:, hit] = dnum[:, j[hit]], dcat[:, j[hit]]
+        present = vnum[0] > 0
+        return {"q": rows_q[present], "p": rows_p[present], "num": vnum[:, present], "cat": vcat[:, present]}
 
 
 class _Evaluator:
@@ -931,7 +956,7 @@ class _Evaluator:
     def rows(self) -> dict[str, np.ndarray]:
         """Present (cutoff, pair) rows grouped by cutoff, with ``starts`` and ``groups``."""
         if self._rows is None:
-            r = self.b.pair_rows() or {"q": _EMPTY, "p": _EMPTY, "num": np.empty((0, 1)), "cat": _EMPTY}
+            r = self.b.pair_rows() or {"q": _EMPTY, "p": _EMPTY, "num": np.empty((1, 0)), "cat": np.empty((0, 0))}
             q = r["q"]
             r["starts"] = np.flatnonzero(np.r_[True, q[1:] != q[:-1]]) if len(q) else _EMPTY
             r["groups"] = q[r["starts"]]
@@ -994,21 +1019,21 @@ class _Evaluator:
         prim = spec.primitive
         if spec.level == TARGET_LOG:  # a pair column counted over the connection's log rows
             col = spec.source.column
-            return self._column_counts(col, weights=r["num"][:, 0], prim=prim)
+            return self._column_counts(col, weights=r["num"][0], prim=prim)
         pv = spec.pair_value
         if prim == "count":
             return np.diff(np.r_[starts, len(r["q"])]).astype(np.float64)
         if pv.kind == "column":
             return self._column_counts(pv.column, weights=None, prim=prim)
         if pv.primitive == "mode":
-            codes = r["cat"][:, e._cat_streams.index(pv)]
+            codes = r["cat"][e._cat_streams.index(pv)]
             counts = self._memo(("catcounts", pv), lambda: self._code_counts(codes, len(e.vocab[pv.source.column].values)))
             if prim == "num_unique":
                 return (counts > 0).sum(axis=1).astype(np.float64)
             return nm.row_mode(counts, e.vocab[spec.vocab].rank())
         j = e._num_streams.index(pv)
         agg = self._memo(("pairs", prim), lambda: _GROUPED[prim](r["num"], starts))
-        return agg[:, j]
+        return agg[j]
 
     def _code_counts(self, codes: np.ndarray, width: int) -> np.ndarray:
         """(groups x values) counts of codes (-1 skipped)."""
@@ -1027,8 +1052,7 @@ class _Evaluator:
         r, e = self.rows, self.e
         gid = _group_ids(r["starts"], len(r["q"]))
         local = e._p_local[col][r["p"]]
-        conns = self.b.q_conn[r["groups"]].tolist()
-        width = np.array([len(e._conn_local[c][col]) for c in conns], dtype=np.int64)
+        width = e._c_nlocal[col][self.b.q_conn[r["groups"]]]
         offs = np.cumsum(width) - width
         bins = offs[gid] + local
         nbins = int(width.sum())

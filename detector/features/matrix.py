@@ -113,26 +113,25 @@ def feature_matrix(
     fm = _concat(parts, eng)
     inverse = np.empty(len(order), dtype=np.int64)
     inverse[order] = np.arange(len(order))
-    fm = fm.iloc[inverse]
+    fm = fm.iloc[inverse].reset_index(drop=True)
     fm.index = cutoff_index(list(zip(ids, t.tolist(), strict=True)), kind)
     log.info("computed %d feature rows x %d features with the %s engine", len(fm), fm.shape[1], engine)
     return fm
 
 
 def _concat(parts: list[pd.DataFrame], eng: FeatureEngine) -> pd.DataFrame:
-    """Concatenate batches, unifying the categories of categorical columns."""
+    """Concatenate batches column by column (the index is rebuilt by the caller)."""
     if len(parts) == 1:
         return parts[0]
     out = {}
     for name in parts[0].columns:
-        cols = [p[name] for p in parts]
-        if isinstance(cols[0].dtype, pd.CategoricalDtype):
-            cats = sorted(set().union(*(c.cat.categories for c in cols)))
-            out[name] = pd.Categorical(pd.concat([c.astype(object) for c in cols]).to_numpy(), categories=cats)
+        cols = [p[name].array for p in parts]
+        if isinstance(cols[0], pd.Categorical):
+            cats = sorted(set().union(*(c.categories for c in cols)))
+            out[name] = pd.Categorical(np.concatenate([np.asarray(c, dtype=object) for c in cols]), categories=cats)
         else:
-            out[name] = pd.concat(cols).array
-    index = pd.MultiIndex.from_frame(pd.concat([p.index.to_frame(index=False) for p in parts], ignore_index=True))
-    return pd.DataFrame(out, index=index)[parts[0].columns]
+            out[name] = type(cols[0])._concat_same_type(cols)
+    return pd.DataFrame(out)[parts[0].columns]
 
 
 __all__ = ["ENGINES", "CUTOFF_COLUMN", "feature_matrix", "make_engine"]

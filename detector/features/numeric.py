@@ -94,15 +94,16 @@ def skew_from_sums(
     return out
 
 
-# -- grouped reductions (rows sorted by group; ``starts`` = first row of each group) ------
+# -- grouped reductions along the last axis (rows sorted by group; ``starts`` = first row
+#    of each group). A 2-D input is (streams x rows): reducing contiguous rows is ~4x faster.
 
 
 def g_count(valid: np.ndarray, starts: np.ndarray) -> np.ndarray:
-    return np.add.reduceat(valid.astype(np.int64), starts)
+    return np.add.reduceat(valid.astype(np.int64), starts, axis=-1)
 
 
 def g_sum(x: np.ndarray, starts: np.ndarray) -> np.ndarray:
-    return np.add.reduceat(np.where(np.isnan(x), 0.0, x), starts)
+    return np.add.reduceat(np.where(np.isnan(x), 0.0, x), starts, axis=-1)
 
 
 def g_mean(x: np.ndarray, starts: np.ndarray) -> np.ndarray:
@@ -112,11 +113,11 @@ def g_mean(x: np.ndarray, starts: np.ndarray) -> np.ndarray:
 
 
 def g_min(x: np.ndarray, starts: np.ndarray) -> np.ndarray:
-    return np.fmin.reduceat(x, starts)
+    return np.fmin.reduceat(x, starts, axis=-1)
 
 
 def g_max(x: np.ndarray, starts: np.ndarray) -> np.ndarray:
-    return np.fmax.reduceat(x, starts)
+    return np.fmax.reduceat(x, starts, axis=-1)
 
 
 def _group_ids(starts: np.ndarray, size: int) -> np.ndarray:
@@ -128,10 +129,10 @@ def _group_ids(starts: np.ndarray, size: int) -> np.ndarray:
 def g_std(x: np.ndarray, starts: np.ndarray) -> np.ndarray:
     valid = ~np.isnan(x)
     c = g_count(valid, starts)
-    gid = _group_ids(starts, len(x))
+    gid = _group_ids(starts, x.shape[-1])
     mean = g_sum(x, starts) / np.maximum(c, 1)
-    dev = np.where(valid, x - mean[gid], 0.0)
-    m2 = np.add.reduceat(dev * dev, starts)
+    dev = np.where(valid, x - mean[..., gid], 0.0)
+    m2 = np.add.reduceat(dev * dev, starts, axis=-1)
     with np.errstate(invalid="ignore", divide="ignore"):
         out = np.sqrt(m2 / (c - 1))
     # pandas' Welford gives exactly 0 for equal values; two-pass may leave 1e-17.
@@ -143,13 +144,13 @@ def g_skew(x: np.ndarray, starts: np.ndarray) -> np.ndarray:
     """``nanskew`` per group, as pandas computes it."""
     valid = ~np.isnan(x)
     cnt = g_count(valid, starts).astype(np.float64)
-    gid = _group_ids(starts, len(x))
+    gid = _group_ids(starts, x.shape[-1])
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = g_sum(x, starts) / cnt
-        adj = np.where(valid, x - mean[gid], 0.0)
+        adj = np.where(valid, x - mean[..., gid], 0.0)
         adj2 = adj**2
-        m2 = np.add.reduceat(adj2, starts)
-        m3 = np.add.reduceat(adj2 * adj, starts)
+        m2 = np.add.reduceat(adj2, starts, axis=-1)
+        m3 = np.add.reduceat(adj2 * adj, starts, axis=-1)
         m2 = np.where(np.abs(m2) < ZERO_FPERR, 0.0, m2)
         m3 = np.where(np.abs(m3) < ZERO_FPERR, 0.0, m3)
         res = (cnt * (cnt - 1) ** 0.5 / (cnt - 2)) * (m3 / m2**1.5)
