@@ -19,10 +19,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cyberstream.connections import connection_fields
 from cyberstream.schema import EVENT_FIELDS
-from detector.features import feature_matrix, features_equal
+from detector.features import CompiledEngine, feature_matrix, features_equal
 from detector.features.oracle import calculate_with_featuretools
-from training.entityset import build_entityset
+from training.entityset import build_entityset, target_dataframe
 
 NAMES = [f"U{i}@DOM1" for i in range(10)] + [f"C{i}$@DOM1" for i in range(5)] + ["ANONYMOUS LOGON@C586", "?"]
 HOSTS = [f"C{i}" for i in range(7)] + ["?"]
@@ -118,3 +119,23 @@ def test_window_entityset_gives_the_features_of_all_events_so_far(feature_defs):
             full = calculate_with_featuretools(feature_defs, events[events.secs <= t], [(c, t) for c in conns], window)
             short = oracle_at(feature_defs, events, conns, t, window)
             assert not mismatches(short, full)
+
+
+@pytest.mark.parametrize("kind", ["name_host_pair", "src_name", "dest_pair"])
+def test_other_connection_kinds_compile_and_match(kind, tmp_path):
+    """Every connection kind of the EntitySet shape compiles fully and matches featuretools."""
+    events = random_stream(4, n_events=300, n_sessions=20)
+    es = build_entityset(events, kind)
+    defs = ft.dfs(entityset=es, target_dataframe_name=target_dataframe(kind), max_depth=3, trans_primitives=[],
+                  features_only=True)
+    ft.save_features(defs, str(tmp_path / "f.json"))
+    defs = ft.load_features(str(tmp_path / "f.json"))
+    assert not CompiledEngine(defs, 20, kind=kind).plan.fallback
+    conns = sorted(events[list(connection_fields(kind))].astype(str).agg(" / ".join, axis=1).unique())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for t in (int(events.secs.iloc[100]), int(events.secs.iloc[250])):
+            got = feature_matrix(events, [(c, t) for c in conns], defs, 20, kind=kind, chunk_events=31)
+            in_window = events[(events.secs <= t) & (events.secs > t - 20)]
+            want = calculate_with_featuretools(defs, in_window, [(c, t) for c in conns], 20, kind=kind)
+            assert not mismatches(got, want)
