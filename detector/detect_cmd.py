@@ -47,7 +47,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="largest weight of the online model in the combined score (default: %(default)s)")
     parser.add_argument("--online-warmup", type=int, default=20,
                         help="positive labels the online model learns before reaching full weight")
-    parser.add_argument("--learn-every-secs", type=int, default=60,
+    parser.add_argument("--learn-every-secs", type=int, default=300,
                         help="event-time step at which labels are applied and the online model learns")
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="checkpoint file (default: $CYBERSTREAM_HOME/detector-<group>.ckpt)")

@@ -1,6 +1,6 @@
 """The online River model: learns from delayed analyst labels while the stream flows.
 
-Choice: ``StandardScaler | LogisticRegression`` with a positive-class weight. Why:
+Choice: ``LogisticRegression`` (Adam) with a positive-class weight. Why:
 labels arrive late and are rare (a few hundred malicious events in ten days), so the model
 must learn from a handful of positives without forgetting them, react to a new campaign
 within minutes of event time, and score *every* cutoff in mini-batches. A linear model
@@ -11,7 +11,9 @@ orders of magnitude slower per row.
 
 Inputs: the numeric DFS features only (categorical MODE features are left to the batch
 model), passed through ``sign(x) * log1p(|x|)`` so heavy-tailed counts and absolute
-``secs`` sums do not dominate SGD, with NaN as 0 (StandardScaler then centres them).
+``secs`` sums do not dominate the updates, with NaN as 0, then standardised with running
+statistics of the learnt rows (Chan's parallel update; River's StandardScaler was not
+used: its mini-batch variance went negative on near-constant columns here).
 """
 
 from __future__ import annotations
@@ -33,23 +35,42 @@ def _squash(frame: pd.DataFrame) -> pd.DataFrame:
 class OnlineModel:
     """A River logistic regression over the numeric features, learnt in mini-batches."""
 
-    def __init__(self, feature_names: Sequence[str], positive_weight: float = 20.0, learning_rate: float = 0.05):
-        from river import compose, linear_model, optim, preprocessing
+    def __init__(self, feature_names: Sequence[str], positive_weight: float = 1.0, learning_rate: float = 0.01):
+        from river import linear_model, optim
 
         self.feature_names = list(feature_names)
-        self.model = compose.Pipeline(
-            preprocessing.StandardScaler(),
-            linear_model.LogisticRegression(
-                optimizer=optim.SGD(learning_rate),
-                loss=optim.losses.Log(weight_pos=positive_weight, weight_neg=1.0),
-                l2=1e-4,
-            ),
+        self.model = linear_model.LogisticRegression(
+            optimizer=optim.Adam(learning_rate),
+            loss=optim.losses.Log(weight_pos=positive_weight, weight_neg=1.0),
+            l2=1e-4,
         )
         self.n_learned = 0
         self.n_positive = 0
+        # running standardisation of the squashed inputs (updated on learning only)
+        self._n = 0
+        self._mean = np.zeros(len(self.feature_names))
+        self._m2 = np.zeros(len(self.feature_names))
 
-    def _inputs(self, features: pd.DataFrame) -> pd.DataFrame:
-        return _squash(features.reindex(columns=self.feature_names))
+    def _inputs(self, features: pd.DataFrame, learn: bool = False) -> pd.DataFrame:
+        x = _squash(features.reindex(columns=self.feature_names))
+        values = x.to_numpy()
+        if learn:
+            self._update_scale(values)
+        std = np.sqrt(self._m2 / max(1, self._n - 1))
+        std[std == 0] = 1.0
+        z = np.clip((values - self._mean) / std, -10.0, 10.0)
+        return pd.DataFrame(z, columns=x.columns, index=x.index)
+
+    def _update_scale(self, values: np.ndarray) -> None:
+        # Chan et al.'s parallel update of count, mean and M2: stable for any batch size.
+        n_b = len(values)
+        mean_b = values.mean(axis=0)
+        m2_b = ((values - mean_b) ** 2).sum(axis=0)
+        n = self._n + n_b
+        delta = mean_b - self._mean
+        self._mean = self._mean + delta * n_b / n
+        self._m2 = self._m2 + m2_b + delta**2 * self._n * n_b / n
+        self._n = n
 
     def predict(self, features: pd.DataFrame) -> np.ndarray | None:
         """P(malicious) per row, or None while the model has learnt nothing."""
@@ -63,13 +84,13 @@ class OnlineModel:
         if features.empty:
             return
         y = pd.Series([bool(v) for v in labels], index=features.index)
-        self.model.learn_many(self._inputs(features), y)
+        self.model.learn_many(self._inputs(features, learn=True), y)
         self.n_learned += len(y)
         self.n_positive += int(y.sum())
 
     def weights(self) -> dict[str, float]:
         """The linear weights per feature (on the scaled inputs)."""
-        return dict(self.model.steps["LogisticRegression"].weights)
+        return dict(self.model.weights)
 
     def to_bytes(self) -> bytes:
         return pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)

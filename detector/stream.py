@@ -69,7 +69,7 @@ class DetectorConfig:
     label_spec: LabelSpec = field(default_factory=LabelSpec)
     threshold: float = 0.5
     cooldown_secs: int = 3_600
-    learn_every_secs: int = 60
+    learn_every_secs: int = 300
     online_weight: float = 0.5
     online_warmup_positives: int = 20
     batch_size: int = 4_096
@@ -162,13 +162,16 @@ class StreamDetector:
         self.processed_secs = -1  # last second fully processed
         self.next_boundary: int | None = None
         self.next_sweep: int | None = None
-        self.batch_rows: list[tuple[str, int, int, int]] = []  # (conn, secs, k, log_id)
-        self.batch_frames: list[pd.DataFrame] = []
+        self.queued: list[tuple[str, int, int, int]] = []  # cutoffs (conn, secs, k, log_id) awaiting features
+        self.scored: list[tuple] = []  # (cutoffs, features, online scores, online weight) awaiting the batch model
+        self.n_scored = 0
         self.stats = Stats()
         self.stop_requested = False
         self.send_errors: list[BaseException] = []
         self.producer = make_producer(cfg.bootstrap, client_id=f"{cfg.group_id}-alerts")
         self.consumer = None
+        self._revoked: set = set()
+        self._assigned: set | None = None
         self.final_lag: int | None = None
         #: (boundary, connection, cutoff_secs, label, label arrivals) of every learnt cutoff, when a
         #: caller sets it to a list (tests check that no label is used before it arrived).
@@ -190,12 +193,14 @@ class StreamDetector:
         cfg = self.cfg
         detector = self
 
+        # kafka-python runs rebalance callbacks on its IO thread, where no blocking call is
+        # allowed: they only note the change, and the loop handles it after poll() returns.
         class Listener(ConsumerRebalanceListener):
             def on_partitions_revoked(self, revoked):
-                detector._on_revoked(revoked)
+                detector._revoked.update(revoked)
 
             def on_partitions_assigned(self, assigned):
-                detector._on_assigned(assigned)
+                detector._assigned = set(assigned)
 
         # RangeAssignor gives the same partition numbers of the two co-partitioned topics to
         # the same member, so a detector owning events of partition p also owns their labels.
@@ -212,6 +217,8 @@ class StreamDetector:
         try:
             while not self.stop_requested:
                 records = self.consumer.poll(timeout_ms=200)
+                if self._revoked or self._assigned is not None:
+                    records = self._handle_rebalance(records)
                 if records:
                     last_data = time.monotonic()
                     self._enqueue(records)
@@ -246,10 +253,24 @@ class StreamDetector:
         return self.stats
 
     # ------------------------------------------------------------------ rebalancing
+    def _handle_rebalance(self, records: dict) -> dict:
+        """Apply a noted revocation/assignment; drop the records fetched for new partitions.
+
+        New partitions are (re)positioned explicitly at the checkpoint's or the group's
+        offsets, so records a poll fetched for them before that are dropped and re-read.
+        """
+        revoked, assigned = self._revoked, self._assigned
+        self._revoked, self._assigned = set(), None
+        if revoked:
+            self._on_revoked(revoked)
+        if assigned is None:
+            return records
+        self._on_assigned(assigned)
+        return {tp: recs for tp, recs in records.items() if tp not in assigned}
+
     def _on_revoked(self, revoked) -> None:
-        if not self.event_q:
-            return
-        self._commit()
+        # The partitions are already gone: work not committed yet is redone by their next
+        # owner (at least once; alert ids are deterministic, so duplicates are recognisable).
         gone = {tp.partition for tp in revoked if tp.topic == self.cfg.events_topic}
         for conn in [c for c, st in self.conns.items() if st.partition in gone]:
             del self.conns[conn]
@@ -283,11 +304,12 @@ class StreamDetector:
                 tp = TopicPartition(topic, p)
                 start = (ckpt or {}).get("offsets", {}).get(offsets, {}).get(p)
                 if start is None:
-                    committed = self.consumer.committed(tp)
-                    start = committed if committed is not None else None
-                if start is not None:
-                    self.consumer.seek(tp, start)
-                    (self.next_event_offset if offsets == "events" else self.next_label_offset)[p] = start
+                    start = self.consumer.committed(tp)
+                if start is None:
+                    self.consumer.seek_to_beginning(tp)
+                    continue
+                self.consumer.seek(tp, start)
+                (self.next_event_offset if offsets == "events" else self.next_label_offset)[p] = start
         # Every partition's window is rebuilt into a fresh engine (cheap: one window of events).
         self.engine = self.engine_factory()
         for p in sorted(self.event_q):
@@ -405,13 +427,18 @@ class StreamDetector:
         return self._partition_caught_up(topic, p)
 
     # ------------------------------------------------------------------ processing
-    def _advance(self, final: bool) -> None:
+    def _advance(self, final: bool, time_slice: float = 0.5) -> None:
+        """Process every second that is complete; return after ``time_slice`` wall seconds
+        (between two seconds) so the loop can commit and report."""
         cfg = self.cfg
+        deadline = time.monotonic() + time_slice
         while not self.stop_requested or final:
+            if not final and time.monotonic() > deadline:
+                return
             heads = [q[0] for q in self.event_q.values() if q]
             if not heads:
                 return
-            s = min(self._event_secs(h) for h in heads)
+            s = min(item[1].secs for item in heads)
             if not final:
                 for p, q in self.event_q.items():
                     if not self._known_through(cfg.events_topic, q, p, s, self._event_secs):
@@ -423,14 +450,14 @@ class StreamDetector:
                 boundary = (s // cfg.learn_every_secs) * cfg.learn_every_secs
                 if not final and not self._labels_known_before(boundary):
                     return
-                self._flush_scores()
+                self._compute_features()  # online scores with the model as it was before this step
                 self._learn_until(boundary)
                 self.next_boundary = boundary + cfg.learn_every_secs
                 if s >= self.next_sweep:
                     self._drop_idle(s)
                     self.next_sweep = s + self.idle_drop_secs // 4
             self._process_second(s)
-            if len(self.batch_rows) >= cfg.batch_size:
+            if len(self.queued) + self.n_scored >= cfg.batch_size:
                 self._flush_scores()
             if cfg.max_events is not None and self.stats.events >= cfg.max_events:
                 return
@@ -450,6 +477,7 @@ class StreamDetector:
         return True
 
     def _process_second(self, s: int) -> None:
+        """Feed the events of second ``s`` to the engine; queue the cutoffs it closes."""
         cfg = self.cfg
         touched: dict[str, ConnState] = {}
         last_log: dict[str, int] = {}
@@ -471,59 +499,85 @@ class StreamDetector:
                 last_log[conn] = max(last_log.get(conn, -1), ev.log_id)
                 self.engine.observe(ev)
                 self.stats.events += 1
-        eligible = [c for c in sorted(touched) if touched[c].n_seen - 1 >= cfg.label_spec.min_events]
-        if eligible:
-            frame = self.engine.features_at([(c, s) for c in eligible])
-            self.batch_frames.append(frame)
-            for c in eligible:
-                self.batch_rows.append((c, s, touched[c].n_seen - 1, last_log[c]))
+        for c in sorted(touched):
+            k = touched[c].n_seen - 1
+            if k >= cfg.label_spec.min_events:
+                self.queued.append((c, s, k, last_log[c]))
         self.stats.feature_secs += time.perf_counter() - t0
         self.processed_secs = s
 
-    def _flush_scores(self) -> None:
-        if not self.batch_rows:
+    def _compute_features(self) -> None:
+        """Features of the queued cutoffs (one engine call) and their online scores.
+
+        Runs before every learning step, so each cutoff's online score comes from the model
+        as it stood at the cutoff's time; the batch model can wait for a bigger batch.
+        """
+        if not self.queued:
             return
-        cfg = self.cfg
         t0 = time.perf_counter()
-        features = pd.concat(self.batch_frames, ignore_index=True) if len(self.batch_frames) > 1 else \
-            self.batch_frames[0].reset_index(drop=True)  # fmt: skip
-        batch_scores = self.batch.predict(features)
+        features = self.engine.features_at([(c, s) for c, s, _, _ in self.queued])
+        features = features.reset_index(drop=True)
+        self.engine.advance(self.processed_secs)
+        t1 = time.perf_counter()
         online_x = features.reindex(columns=self.online_cols)
         online_scores = self.online.predict(online_x)
-        weight = cfg.online_weight * min(1.0, self.online.n_positive / max(1, cfg.online_warmup_positives))
-        if online_scores is None:
-            weight = 0.0
-            combined = batch_scores
-        else:
-            combined = (1 - weight) * batch_scores + weight * online_scores
-        self.stats.model_secs += time.perf_counter() - t0
+        weight = self.cfg.online_weight * min(1.0, self.online.n_positive / max(1, self.cfg.online_warmup_positives))
         xs = online_x.to_numpy(dtype="float64", na_value=np.nan)
+        for i, (conn, secs, k, _) in enumerate(self.queued):
+            self.conns[conn].pending.append(Pending(k, secs, xs[i]))
+        self.scored.append((list(self.queued), features, online_scores, weight if online_scores is not None else 0.0))
+        self.n_scored += len(self.queued)
+        self.queued.clear()
+        self.stats.feature_secs += t1 - t0
+        self.stats.model_secs += time.perf_counter() - t1
+
+    def _flush_scores(self) -> None:
+        """Score everything computed with the batch model; publish the alerts, in order."""
+        self._compute_features()
+        if not self.scored:
+            return
+        t0 = time.perf_counter()
+        features = pd.concat([f for _, f, _, _ in self.scored], ignore_index=True)
+        batch_scores = self.batch.predict(features)
+        self.stats.model_secs += time.perf_counter() - t0
         now = time.time()
-        for i, (conn, secs, k, log_id) in enumerate(self.batch_rows):
-            st = self.conns[conn]
-            st.pending.append(Pending(k, secs, xs[i]))
-            self.stats.cutoffs += 1
-            if self._recorder is not None and (combined[i] >= cfg.threshold or self.stats.cutoffs % cfg.record_every == 0):
-                self._record(conn, secs, features.iloc[i], combined[i])
-            if combined[i] < cfg.threshold:
-                continue
-            if st.last_alert_secs is not None and secs - st.last_alert_secs < cfg.cooldown_secs:
-                self.stats.suppressed += 1
-                continue
+        i = 0
+        for rows, _, online_scores, weight in self.scored:
+            for j, (conn, secs, _, log_id) in enumerate(rows):
+                b = batch_scores[i]
+                o = None if online_scores is None else float(online_scores[j])
+                score = b if o is None else (1 - weight) * b + weight * o
+                self._decide(conn, secs, log_id, features, i, b, o, weight, score, now)
+                i += 1
+        self.stats.cutoffs += i
+        self.scored.clear()
+        self.n_scored = 0
+
+    def _decide(self, conn: str, secs: int, log_id: int, features: pd.DataFrame, i: int, batch_score: float,
+                online_score: float | None, weight: float, score: float, now: float) -> None:
+        cfg = self.cfg
+        alerted = score >= cfg.threshold
+        if self._recorder is not None and (alerted or (self.stats.cutoffs + i) % cfg.record_every == 0):
+            self._record(conn, secs, features.iloc[i], score)
+        if not alerted:
+            return
+        st = self.conns.get(conn)
+        last = st.last_alert_secs if st is not None else None
+        if last is not None and secs - last < cfg.cooldown_secs:
+            self.stats.suppressed += 1
+            return
+        if st is not None:
             st.last_alert_secs = secs
-            row = features.iloc[i].to_dict()
-            alert = build_alert(
-                connection=conn, kind=cfg.kind, cutoff_secs=secs, log_id=log_id,
-                batch_score=batch_scores[i], online_score=None if online_scores is None else online_scores[i],
-                online_weight=weight, score=combined[i], threshold=cfg.threshold,
-                model_version=self.batch.version, events_in_window=self.engine.events_in_window(conn),
-                top_features=self.explainer.explain(row), detected_at=now,
-            )  # fmt: skip
-            fut = self.producer.send(cfg.alerts_topic, key=conn.encode(), value=json_bytes(alert))
-            fut.add_errback(self.send_errors.append)
-            self.stats.alerts += 1
-        self.batch_rows.clear()
-        self.batch_frames.clear()
+        row = features.iloc[i].to_dict()
+        alert = build_alert(
+            connection=conn, kind=cfg.kind, cutoff_secs=secs, log_id=log_id, batch_score=batch_score,
+            online_score=online_score, online_weight=weight, score=score, threshold=cfg.threshold,
+            model_version=self.batch.version, events_in_window=_count(row.get(WINDOW_COUNT_FEATURE)),
+            top_features=self.explainer.explain(row), detected_at=now,
+        )  # fmt: skip
+        fut = self.producer.send(cfg.alerts_topic, key=conn.encode(), value=json_bytes(alert))
+        fut.add_errback(self.send_errors.append)
+        self.stats.alerts += 1
 
     def _record(self, conn: str, secs: int, row: pd.Series, score: float) -> None:
         values = {k: json_value(v) for k, v in row.items()}
@@ -575,9 +629,8 @@ class StreamDetector:
     def _drop_idle(self, now_secs: int) -> None:
         horizon = now_secs - self.idle_drop_secs
         idle = [c for c, st in self.conns.items() if st.last_secs < horizon and st.last_secs >= 0]
-        for conn in idle:
+        for conn in idle:  # the engine drops its own idle windows in advance()
             del self.conns[conn]
-            self.engine.drop(conn)
         if idle:
             log.debug("dropped %d idle connections", len(idle))
         for st in self.conns.values():
@@ -694,6 +747,17 @@ class StreamDetector:
             f"{s.feature_secs * per_event:.1f} us, models {s.model_secs * per_event:.1f} us"
         )
         log.info(line)
+
+
+#: the DFS feature that counts a connection's events in the window (always generated by DFS).
+WINDOW_COUNT_FEATURE = "COUNT(log)"
+
+
+def _count(value: Any) -> int:
+    try:
+        return 0 if value is None or pd.isna(value) else int(value)
+    except (TypeError, ValueError):
+        return 0
 
 
 def _fmt_secs(secs: int) -> str:
