@@ -1,0 +1,309 @@
+"""The batch model: candidate pipelines, metrics, threshold, and the saved artifact.
+
+Pipelines
+    Every candidate is ONE scikit-learn ``Pipeline`` that takes the raw feature DataFrame
+    (the columns of ``features.json``, as featuretools or the detector's engine computes
+    them) and returns scores: it coerces dtypes, one-hot encodes the few categorical
+    features (the MODE of ``auth_type``/``login_type``/``stage``/``result``; encoder fitted
+    on training rows, unseen values go to an "infrequent" column) and handles missing values
+    itself, so the detector only calls ``predict_proba(feature_df)``. The classifiers suit
+    heavy imbalance with ``class_weight="balanced"``: histogram gradient boosting, logistic
+    regression (on signed-log, standardised inputs) and a random forest.
+
+Metrics
+    Computed on validation cutoffs with the sampling weights (see :mod:`training.cutoffs`),
+    so precision, PR AUC and alerts per day estimate the figures over every cutoff the
+    detector would score. The threshold maximises F1 on the validation cutoffs (optionally
+    under an alert budget per day); precision and recall at that threshold are therefore
+    in-sample for the threshold choice, while ROC AUC and PR AUC are threshold-free.
+
+Artifact (a model directory)
+    ``model.joblib`` (the pipeline), ``features.json`` (``featuretools.save_features``),
+    ``metadata.json`` (library versions, feature names, label spec, window, metrics,
+    threshold, SHA-256 of the model and feature files) and ``report.html``.
+    :func:`load_model` refuses a directory whose checksums or library versions do not match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import logging
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import pandas as pd
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.joblib"
+FEATURES_FILE = "features.json"
+METADATA_FILE = "metadata.json"
+REPORT_FILE = "report.html"
+FORMAT_VERSION = 1
+#: libraries whose versions must match between training and loading (pickles and feature semantics).
+CHECKED_LIBRARIES = ("scikit-learn", "numpy", "scipy", "pandas", "joblib", "featuretools", "woodwork")
+MISSING_CATEGORY = "__missing__"
+CLASSIFIERS = ("hist_gradient_boosting", "logistic_regression", "random_forest")
+SECONDS_PER_DAY = 86_400
+
+
+class ModelLoadError(RuntimeError):
+    """A model directory that cannot be used as it is; the message says what to do."""
+
+
+# ----------------------------------------------------------------------------- pipelines
+
+
+def coerce_features(X: pd.DataFrame, numeric: list[str], categorical: list[str]) -> pd.DataFrame:
+    """Numeric columns as float64 (inf -> NaN), categorical ones as strings (missing -> a marker).
+
+    Module-level so that pickled pipelines can find it (``training.model.coerce_features``).
+    """
+    out = {}
+    for c in numeric:
+        col = pd.to_numeric(X[c], errors="coerce").astype("float64")
+        out[c] = col.where(np.isfinite(col), np.nan)
+    for c in categorical:
+        col = X[c].astype(object)
+        out[c] = col.where(pd.notna(col), MISSING_CATEGORY).astype(str)
+    return pd.DataFrame(out, index=X.index, columns=[*numeric, *categorical])
+
+
+def signed_log1p(X):
+    """``sign(x) * log1p(|x|)``: tames heavy-tailed counts and spreads for linear models."""
+    return np.sign(X) * np.log1p(np.abs(X))
+
+
+def build_pipeline(name: str, numeric: list[str], categorical: list[str], seed: int = 0) -> Pipeline:
+    """The candidate pipeline ``name`` (one of :data:`CLASSIFIERS`) over these feature columns."""
+    onehot = OneHotEncoder(handle_unknown="infrequent_if_exist", min_frequency=5, sparse_output=False)
+    if name == "hist_gradient_boosting":
+        num = "passthrough"  # NaN handled natively
+        clf = HistGradientBoostingClassifier(
+            class_weight="balanced", max_iter=200, learning_rate=0.05, max_leaf_nodes=15,
+            min_samples_leaf=40, l2_regularization=1.0, early_stopping=False, random_state=seed,
+        )  # fmt: skip
+    elif name == "logistic_regression":
+        num = Pipeline([
+            ("impute", SimpleImputer(strategy="median", add_indicator=True, keep_empty_features=True)),
+            ("log", FunctionTransformer(signed_log1p, feature_names_out="one-to-one")),
+            ("scale", StandardScaler()),
+        ])  # fmt: skip
+        clf = LogisticRegression(class_weight="balanced", C=0.1, max_iter=2000)
+    elif name == "random_forest":
+        num = SimpleImputer(strategy="median", add_indicator=True, keep_empty_features=True)
+        clf = RandomForestClassifier(
+            n_estimators=200, class_weight="balanced_subsample", min_samples_leaf=5,
+            max_features="sqrt", n_jobs=1, random_state=seed,
+        )  # fmt: skip
+    else:
+        raise ValueError(f"unknown classifier {name!r}; choose from {CLASSIFIERS}")
+    columns = ColumnTransformer(
+        [("numeric", num, list(numeric)), ("categorical", onehot, list(categorical))],
+        remainder="drop",
+        verbose_feature_names_out=False,
+    )
+    coerce = FunctionTransformer(coerce_features, kw_args={"numeric": list(numeric), "categorical": list(categorical)})
+    return Pipeline([("coerce", coerce), ("columns", columns), ("classifier", clf)])
+
+
+def scores(pipeline: Pipeline, X: pd.DataFrame) -> np.ndarray:
+    """Probability of the positive class for each row of the raw feature DataFrame."""
+    return pipeline.predict_proba(X)[:, 1]
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def choose_threshold(
+    y: np.ndarray, score: np.ndarray, weight: np.ndarray, days: float, max_alerts_per_day: float | None = None
+) -> tuple[float, str]:
+    """The score threshold (alert when ``score >= threshold``) and how it was chosen.
+
+    Maximises F1 over the weighted validation cutoffs; with ``max_alerts_per_day``, only
+    among thresholds whose weighted alerts per day stay within that budget.
+    """
+    how = "maximises F1 on the validation cutoffs (negatives weighted by their sampling rate)"
+    if y.sum() == 0:
+        return float(np.max(score, initial=0.0)) + 1e-12, "no positive validation cutoff: above every score"
+    precision, recall, thresholds = precision_recall_curve(y, score, sample_weight=weight)
+    precision, recall = precision[:-1], recall[:-1]
+    f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-300), 0.0)
+    if max_alerts_per_day is not None:
+        order = np.argsort(score)
+        sorted_w = weight[order]
+        above = sorted_w[::-1].cumsum()[::-1]  # weighted count of score >= each sorted value
+        per_day = above[np.searchsorted(score[order], thresholds, side="left")] / max(days, 1e-9)
+        f1 = np.where(per_day <= max_alerts_per_day, f1, -1.0)
+        how += f", with at most {max_alerts_per_day:g} alerts per day"
+    best = int(np.argmax(f1))
+    return float(thresholds[best]), how
+
+
+def evaluate(y: np.ndarray, score: np.ndarray, weight: np.ndarray, threshold: float, days: float) -> dict[str, Any]:
+    """ROC AUC, PR AUC (average precision), precision, recall, alerts per day at ``threshold``."""
+    y = np.asarray(y, dtype=bool)
+    alert = score >= threshold
+    tp = float(weight[alert & y].sum())
+    fp = float(weight[alert & ~y].sum())
+    pos = float(weight[y].sum())
+    both = y.any() and (~y).any()
+    return {
+        "roc_auc": float(roc_auc_score(y, score, sample_weight=weight)) if both else None,
+        "pr_auc": float(average_precision_score(y, score, sample_weight=weight)) if both else None,
+        "precision": tp / (tp + fp) if tp + fp > 0 else None,
+        "recall": tp / pos if pos > 0 else None,
+        "alerts_per_day": (tp + fp) / days if days > 0 else None,
+        "threshold": float(threshold),
+        "cutoffs": int(len(y)),
+        "positives": int(y.sum()),
+        "weighted_cutoffs": float(weight.sum()),
+    }
+
+
+def curves(y: np.ndarray, score: np.ndarray, weight: np.ndarray) -> dict[str, np.ndarray]:
+    """Weighted ROC and PR curve points, for the report."""
+    from sklearn.metrics import roc_curve  # noqa: PLC0415
+
+    fpr, tpr, _ = roc_curve(y, score, sample_weight=weight)
+    precision, recall, _ = precision_recall_curve(y, score, sample_weight=weight)
+    return {"fpr": fpr, "tpr": tpr, "precision": precision, "recall": recall}
+
+
+# ----------------------------------------------------------------------------- artifact
+
+
+def library_versions() -> dict[str, str]:
+    """Installed versions of the libraries an artifact depends on, and Python's major.minor."""
+    out = {name: importlib.metadata.version(name) for name in CHECKED_LIBRARIES}
+    out["python"] = ".".join(platform.python_version_tuple()[:2])
+    return out
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_model(
+    model_dir: str | os.PathLike, pipeline: Pipeline, features: list, metadata: dict[str, Any]
+) -> dict[str, Any]:
+    """Write ``model.joblib``, ``features.json`` and ``metadata.json`` (with checksums); returns the metadata."""
+    from training.dfs import save_features  # noqa: PLC0415  (featuretools is heavy)
+
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    joblib.dump(pipeline, model_dir / MODEL_FILE)
+    save_features(features, model_dir / FEATURES_FILE)
+    meta = dict(metadata)
+    meta.update(
+        format_version=FORMAT_VERSION,
+        library_versions=library_versions(),
+        feature_names=[f.get_name() for f in features],
+        model_file=MODEL_FILE,
+        sha256=sha256_file(model_dir / MODEL_FILE),
+        features_file=FEATURES_FILE,
+        features_sha256=sha256_file(model_dir / FEATURES_FILE),
+    )
+    (model_dir / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=_json_default) + "\n")
+    return meta
+
+
+def _json_default(obj):
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+@dataclass
+class TrainedModel:
+    """A loaded, verified model directory."""
+
+    pipeline: Pipeline
+    features: list  # featuretools feature definitions, in the pipeline's column order
+    metadata: dict[str, Any]
+
+    @property
+    def feature_names(self) -> list[str]:
+        return list(self.metadata["feature_names"])
+
+    @property
+    def threshold(self) -> float:
+        return float(self.metadata["threshold"])
+
+    def score(self, feature_df: pd.DataFrame) -> np.ndarray:
+        """Scores of the rows of a raw feature DataFrame (columns: :attr:`feature_names`)."""
+        return scores(self.pipeline, feature_df[self.feature_names])
+
+
+def load_model(model_dir: str | os.PathLike) -> TrainedModel:
+    """Load a model directory written by ``cyberstream train``, after checking it.
+
+    Raises :class:`ModelLoadError` when a file is missing, when the SHA-256 of the model
+    or feature file differs from ``metadata.json`` (the file changed after training), or
+    when the installed library versions differ from the ones it was trained with (a
+    pickled pipeline or the feature semantics may silently change across versions).
+    """
+    model_dir = Path(model_dir)
+    meta_path = model_dir / METADATA_FILE
+    if not meta_path.is_file():
+        raise ModelLoadError(f"{meta_path} not found: train a model first with `cyberstream train --out {model_dir}`")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except ValueError as exc:
+        raise ModelLoadError(f"{meta_path} is not valid JSON ({exc}); retrain with `cyberstream train`") from None
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ModelLoadError(
+            f"{meta_path}: artifact format {meta.get('format_version')!r}, this version reads {FORMAT_VERSION}; "
+            "retrain with `cyberstream train`"
+        )
+    for file_key, sum_key in (("model_file", "sha256"), ("features_file", "features_sha256")):
+        path = model_dir / meta[file_key]
+        if not path.is_file():
+            raise ModelLoadError(f"{path} is missing (named in {meta_path}); retrain with `cyberstream train`")
+        actual = sha256_file(path)
+        if actual != meta[sum_key]:
+            raise ModelLoadError(
+                f"checksum mismatch for {path}: metadata says sha256 {meta[sum_key]}, the file has {actual}. "
+                "The file changed after training (corrupt copy or edited); refusing to load it. "
+                "Copy the model directory again or retrain with `cyberstream train`."
+            )
+    installed = library_versions()
+    trained = meta.get("library_versions", {})
+    diff = [f"{k}: trained with {trained.get(k)}, installed {installed.get(k)}"
+            for k in sorted(set(trained) | set(installed)) if trained.get(k) != installed.get(k)]  # fmt: skip
+    if diff:
+        raise ModelLoadError(
+            f"{model_dir} was trained with other library versions ({'; '.join(diff)}). "
+            "A pickled pipeline or the feature semantics may differ across versions; install the versions "
+            "pinned in pyproject.toml or retrain with `cyberstream train`."
+        )
+    from training.dfs import load_features  # noqa: PLC0415
+
+    pipeline = joblib.load(model_dir / meta["model_file"])
+    features = load_features(model_dir / meta["features_file"])
+    names = [f.get_name() for f in features]
+    if names != meta["feature_names"]:
+        raise ModelLoadError(f"{model_dir}: features.json and metadata.json list different features; retrain")
+    return TrainedModel(pipeline=pipeline, features=features, metadata=meta)
