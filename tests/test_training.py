@@ -264,8 +264,36 @@ def test_train_end_to_end_writes_a_complete_model_directory(trained_dir, events)
     assert [f.get_name() for f in saved] == meta["feature_names"]
     assert not any("label" in dfs.feature_columns(f) for f in saved)
     assert not any(dfs.is_absolute_time(f) for f in saved)
+    numeric = [f.get_name() for f in saved if not dfs.is_categorical(f)]
+    assert set(meta["feature_importances"]) == set(meta["feature_names"])
+    assert set(meta["feature_stats"]) == set(numeric) and all(v["std"] >= 0 for v in meta["feature_stats"].values())
+    assert meta["feature_engine"] == "compiled"
     html = (trained_dir / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 3 and "PR AUC" in html
+
+
+def test_train_with_the_featuretools_oracle(data_csv, tmp_path):
+    out = tmp_path / "m"
+    rc = cli_main(["train", "--data", str(data_csv), "--out", str(out), "--no-progress", "--features", "oracle",
+                   "--negatives-per-positive", "2", "--valid-negatives", "60", "--classifiers", "logistic_regression",
+                   "--time-features", "keep"])  # fmt: skip
+    assert rc == 0
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["feature_engine"] == "oracle-batched" and meta["time_features"] == "keep"
+    assert "MAX(log.secs)" in meta["feature_names"]
+    assert meta["cutoffs"]["valid"]["sampled"] == meta["cutoffs"]["valid"]["sampled_positive"] + 60
+    assert list(meta["candidates"]) == ["logistic_regression"]
+
+
+def test_importances_are_summed_per_saved_feature():
+    from training.train_cmd import _per_feature
+
+    names = ["COUNT(log)", "MODE(log.auth_type)", "MODE(name_host_pairs.MODE(log.auth_type))"]
+    imp = [{"feature": "COUNT(log)", "mean": 0.5}, {"feature": "missingindicator_COUNT(log)", "mean": 0.25},
+           {"feature": "MODE(log.auth_type)_NTLM", "mean": 0.125}, {"feature": "MODE(log.auth_type)_Kerberos", "mean": 0.125},
+           {"feature": "MODE(name_host_pairs.MODE(log.auth_type))_NTLM", "mean": -0.0625}]  # fmt: skip
+    assert _per_feature(imp, names) == {"COUNT(log)": 0.75, "MODE(log.auth_type)": 0.25,
+                                        "MODE(name_host_pairs.MODE(log.auth_type))": -0.0625}  # fmt: skip
 
 
 def test_artifact_round_trip_scores_the_same(trained_dir, events):

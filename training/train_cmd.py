@@ -32,7 +32,7 @@ log = logging.getLogger("cyberstream.train")
 #: featuretools (the oracle) 10-20 on the generator's data.
 DEFAULT_MAX_CUTOFFS = {"compiled": None, "oracle": 4_000}
 DEFAULT_NEGATIVES_PER_POSITIVE = 20.0
-DEFAULT_VALID_NEGATIVES = 20_000
+DEFAULT_VALID_NEGATIVES = 100_000  # all of them on the generator's ten days: exact validation figures
 DFS_SAMPLE_EVENTS = 2_000
 IMPORTANCE_NEGATIVES = 3_000
 
@@ -256,6 +256,9 @@ def train(args: argparse.Namespace, spec, classifiers: list[str]) -> int:
                          f"{_f(baseline['pr_auc'])}")  # fmt: skip
 
     importances = _importances(pipeline, fm, saved_features, sample, is_train, y, w, args.seed)
+    saved_names = [f.get_name() for f in saved_features]
+    feature_importances = _per_feature(importances, saved_names)
+    feature_stats = _feature_stats(fm.loc[is_train], w[is_train], saved_features)
     steps.done("importances")
 
     # --- save
@@ -288,6 +291,8 @@ def train(args: argparse.Namespace, spec, classifiers: list[str]) -> int:
         "threshold_method": threshold_method,
         "comparisons": comparisons,
         "top_features": importances[:20],
+        "feature_importances": feature_importances,
+        "feature_stats": feature_stats,
         "timing": {**steps.times, "total_secs": round(steps.total, 2), "peak_memory_mb": round(_peak_memory_mb(), 1)},
     }
     del dropped_all
@@ -331,6 +336,43 @@ def _importances(pipeline, fm, features, sample, is_train, y, w, seed) -> list[d
     order = np.argsort(-result.importances_mean)
     return [{"feature": columns[i], "mean": float(result.importances_mean[i]), "std": float(result.importances_std[i])}
             for i in order]  # fmt: skip
+
+
+def _per_feature(importances: list[dict], names: list[str]) -> dict[str, float]:
+    """Importance per saved feature: one-hot columns and missing-value indicators summed into their feature."""
+    known = set(names)
+    out = dict.fromkeys(names, 0.0)
+    for item in importances:
+        col = item["feature"].removeprefix("missingindicator_")
+        if col not in known:  # a one-hot column "<feature>_<value>": the longest feature name it starts with
+            col = max((n for n in names if col.startswith(n + "_")), key=len, default=None)
+        if col is not None:
+            out[col] += item["mean"]
+    return {k: round(v, 6) for k, v in sorted(out.items(), key=lambda kv: -kv[1])}
+
+
+def _feature_stats(fm, weight, features) -> dict[str, dict[str, float]]:
+    """Mean and standard deviation of each numeric feature over the training cutoffs.
+
+    Weighted by the sampling weights, so they describe every training cutoff rather than
+    the rebalanced sample; the detector uses them to say which features made an alert unusual.
+    """
+    import numpy as np
+
+    from training.dfs import is_categorical
+
+    out = {}
+    for f in features:
+        if is_categorical(f):
+            continue
+        x = fm[f.get_name()].to_numpy(dtype=float)
+        ok = np.isfinite(x)
+        if not ok.any():
+            continue
+        mean = float(np.average(x[ok], weights=weight[ok]))
+        std = float(np.sqrt(np.average((x[ok] - mean) ** 2, weights=weight[ok])))
+        out[f.get_name()] = {"mean": mean, "std": std}
+    return out
 
 
 def _f(x) -> str:
