@@ -19,7 +19,6 @@ broker address it uses $KAFKA_BOOTSTRAP_SERVERS, the local broker, or starts a t
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import logging
 import sys
@@ -31,28 +30,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cyberstream import config, kafka_io  # noqa: E402
+from cyberstream.broker import running_broker  # noqa: E402
 from cyberstream.schema import LabelRecord, parse_row  # noqa: E402
 from producer.replay import ReplaySettings, replay  # noqa: E402
 
 RAW, RAW_EXPLICIT, PRODUCE = "raw send", "raw, explicit partition", "produce --speed max"
-
-
-@contextlib.contextmanager
-def broker(arg: str | None):
-    try:
-        yield kafka_io.resolve_bootstrap(arg)
-        return
-    except kafka_io.BrokerUnavailable:
-        pass
-    from cyberstream.broker import LocalBroker
-
-    with tempfile.TemporaryDirectory(prefix="bench-kafka-") as tmp:
-        b = LocalBroker(Path(tmp))
-        st = b.start(timeout=180)
-        try:
-            yield st.bootstrap
-        finally:
-            b.stop()
 
 
 def messages(path: Path, base_epoch: int, until: int | None) -> list[tuple[bytes, bytes, int, bytes, int]]:
@@ -151,7 +133,7 @@ def main() -> int:
                         until = int(line.split(",", 1)[0])
                         break
         msgs = messages(data, config.DEFAULT_BASE_EPOCH, until)
-        with broker(args.bootstrap_servers) as bootstrap:
+        with running_broker(args.bootstrap_servers) as bootstrap:
             print(f"broker {bootstrap}; {len(msgs):,} events, 2 messages each (event + label), "
                   f"{args.partitions} partitions, best of {args.repeat}")  # fmt: skip
             wall: dict[str, list[float]] = {RAW: [], RAW_EXPLICIT: [], PRODUCE: []}

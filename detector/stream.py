@@ -213,14 +213,14 @@ class StreamDetector:
         )  # fmt: skip
         self.consumer.subscribe([cfg.events_topic, cfg.labels_topic], listener=Listener())
         last_commit = last_log = time.monotonic()
-        last_data = time.monotonic()
+        self._last_data = time.monotonic()
         try:
             while not self.stop_requested:
                 records = self.consumer.poll(timeout_ms=200)
                 if self._revoked or self._assigned is not None:
                     records = self._handle_rebalance(records)
                 if records:
-                    last_data = time.monotonic()
+                    self._last_data = time.monotonic()
                     self._enqueue(records)
                 self._advance(final=False)
                 now = time.monotonic()
@@ -233,7 +233,7 @@ class StreamDetector:
                 if cfg.max_events is not None and self.stats.events >= cfg.max_events:
                     log.info("reached --max-events %d", cfg.max_events)
                     break
-                if (cfg.idle_timeout is not None and now - last_data >= cfg.idle_timeout
+                if (cfg.idle_timeout is not None and now - self._last_data >= cfg.idle_timeout
                         and self._caught_up()):  # fmt: skip
                     log.info("no new records for %.0f s: end of stream", cfg.idle_timeout)
                     self._advance(final=True)
@@ -266,6 +266,7 @@ class StreamDetector:
         if assigned is None:
             return records
         self._on_assigned(assigned)
+        self._last_data = time.monotonic()
         return {tp: recs for tp, recs in records.items() if tp not in assigned}
 
     def _on_revoked(self, revoked) -> None:
@@ -416,6 +417,8 @@ class StreamDetector:
         return self.consumer.position(TopicPartition(topic, p)) >= end
 
     def _caught_up(self) -> bool:
+        if not self.event_q:  # not assigned yet (a rejoin can wait for a dead member's session)
+            return False
         self._refresh_end_offsets(force=True)
         return all(self._partition_caught_up(self.cfg.events_topic, p) and not self.event_q[p]
                    for p in self.event_q)  # fmt: skip

@@ -112,7 +112,10 @@ def test_alerts_appear_for_the_campaigns_with_unique_ids(stream: dict, uninterru
     for host in attackers:
         conns = set(conn[truth["label"] & (truth["src_host"] == host)])
         assert conns & alerted, f"no alert for the campaign from {host}"
-    assert len(caught) / len(alerted) > 0.2, f"precision by connection too low: {len(caught)}/{len(alerted)}"
+    # Alerts concentrate on malicious connections: clearly more than picking connections at random.
+    base_rate = len(malicious) / conn.nunique()
+    precision = len(caught) / len(alerted)
+    assert precision > 1.5 * base_rate, f"precision by connection {precision:.3f} vs base rate {base_rate:.3f}"
 
 
 def test_features_equal_the_featuretools_oracle(stream: dict, uninterrupted: dict):

@@ -9,6 +9,7 @@ so ``status`` and ``stop`` work from another process.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -16,7 +17,9 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -290,3 +293,26 @@ def _signal_group(pid: int, sig: int) -> None:
         pass
     except PermissionError:
         os.kill(pid, sig)
+
+
+@contextlib.contextmanager
+def running_broker(bootstrap: str | None = None) -> Iterator[str]:
+    """A broker address for the duration of a ``with`` block (benchmarks, scripts).
+
+    ``bootstrap``, else ``KAFKA_BOOTSTRAP_SERVERS``, else the running local broker; when none
+    is found a temporary local broker is started and stopped at the end of the block.
+    """
+    from cyberstream.kafka_io import BrokerUnavailable, resolve_bootstrap
+
+    try:
+        yield resolve_bootstrap(bootstrap)
+        return
+    except BrokerUnavailable:
+        pass
+    with tempfile.TemporaryDirectory(prefix="cyberstream-kafka-") as tmp:
+        broker = LocalBroker(Path(tmp))
+        st = broker.start(timeout=180)
+        try:
+            yield st.bootstrap
+        finally:
+            broker.stop()
