@@ -285,6 +285,16 @@ def test_train_with_the_featuretools_oracle(data_csv, tmp_path):
     assert list(meta["candidates"]) == ["logistic_regression"]
 
 
+def test_baseline_feature_per_connection_kind(events):
+    for kind, want in (("session", "NUM_UNIQUE(name_host_pairs.src_host)"),
+                       ("src_host", "NUM_UNIQUE(name_host_pairs.dest_host)"),
+                       ("name_host_pair", "COUNT(log)")):  # fmt: skip
+        names = [f.get_name() for f in dfs.feature_definitions(events.head(300), kind)[0]]
+        assert dfs.baseline_feature(names) == want, kind
+    with pytest.raises(ValueError, match="baseline"):
+        dfs.baseline_feature(["STD(log.secs)"])
+
+
 def test_importances_are_summed_per_saved_feature():
     from training.train_cmd import _per_feature
 
@@ -346,4 +356,9 @@ def test_train_reports_unusable_input(tmp_path, capsys):
     clean = tmp_path / "clean.csv"
     clean.write_text(HEADER + "\n" + "\n".join(r.replace(",A", ",N") for r in synthetic_rows(days=2)) + "\n")
     assert cli_main(["train", "--data", str(clean), "--out", str(tmp_path / "m"), "--no-progress"]) == 1
-    assert "no positive cutoff" in capsys.readouterr().err
+    assert "no cutoff has a positive label (0 malicious events" in capsys.readouterr().err
+    late = tmp_path / "late.csv"  # malicious events only on the last day: nothing positive to train on
+    rows = [r if int(r.split(",")[0]) >= 4 * DAY else r.replace(",A", ",N") for r in synthetic_rows()]
+    late.write_text(HEADER + "\n" + "\n".join(rows) + "\n")
+    assert cli_main(["train", "--data", str(late), "--out", str(tmp_path / "m"), "--no-progress"]) == 1
+    assert "no positive cutoff is labelled by secs" in capsys.readouterr().err

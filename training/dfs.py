@@ -69,6 +69,17 @@ DEFAULT_TIME_FEATURES = "drop"
 ENGINES = ("compiled", "oracle")
 #: the baseline score: distinct source hosts of the connection in the window.
 BASELINE_FEATURE = "NUM_UNIQUE(name_host_pairs.src_host)"
+#: ... or, for connection kinds that have a single source host, the first of these that exists.
+BASELINE_FALLBACKS = ("NUM_UNIQUE(name_host_pairs.dest_host)", "NUM_UNIQUE(name_host_pairs.src_name)", "COUNT(log)")
+
+
+def baseline_feature(feature_names: Iterable[str]) -> str:
+    """The baseline score's feature for a feature set (see :data:`BASELINE_FEATURE`)."""
+    names = set(feature_names)
+    for name in (BASELINE_FEATURE, *BASELINE_FALLBACKS):
+        if name in names:
+            return name
+    raise ValueError(f"none of the baseline features {(BASELINE_FEATURE, *BASELINE_FALLBACKS)} was computed")
 
 #: How aggregations respond when all times move by the same amount d.
 #: "follow": a uniformly moved input moves the result by d (MIN, MAX, MEAN, ...);

@@ -29,8 +29,8 @@ from cyberstream.connections import CONNECTION_KINDS, DEFAULT_CONNECTION
 log = logging.getLogger("cyberstream.train")
 
 #: default cap on sampled cutoffs, by feature engine: the compiled engine computes ~3,000 cutoffs/s,
-#: featuretools (the oracle) 10-20 on the generator's data.
-DEFAULT_MAX_CUTOFFS = {"compiled": None, "oracle": 4_000}
+#: featuretools (the batched oracle) ~50 on the generator's data (10,000 cutoffs: ~3.5 min).
+DEFAULT_MAX_CUTOFFS = {"compiled": None, "oracle": 10_000}
 DEFAULT_NEGATIVES_PER_POSITIVE = 20.0
 DEFAULT_VALID_NEGATIVES = 100_000  # all of them on the generator's ten days: exact validation figures
 DFS_SAMPLE_EVENTS = 2_000
@@ -178,6 +178,13 @@ def train(args: argparse.Namespace, spec, classifiers: list[str]) -> int:
         raise TrainingError(f"--train-until-secs {train_until} is outside the data's time span ({lo} .. {hi})")
     split_times = cut.split_by_time(lt, train_until)
     n_pos = {s: int(split_times.loc[split_times["split"] == s, "label"].sum()) for s in (cut.TRAIN, cut.VALID)}
+    if not lt["label"].fillna(False).any():
+        raise TrainingError(
+            f"no cutoff has a positive label ({int(events['label'].sum()):,} malicious events; {n_labelled:,} "
+            f"labelled cutoffs of {args.connection} connections with N={spec.min_events}, L={spec.lead}, "
+            f"W={spec.window}): the data needs malicious events in connections with at least "
+            f"N+L+2={spec.min_events + spec.lead + 2} events"
+        )
     if n_pos[cut.TRAIN] == 0:
         raise TrainingError(
             f"no positive cutoff is labelled by secs {train_until} ({n_labelled:,} labelled cutoffs, "
@@ -240,9 +247,10 @@ def train(args: argparse.Namespace, spec, classifiers: list[str]) -> int:
     validation = {k: v for k, v in candidates[best].items() if k != "fit_secs"}
     threshold = validation["threshold"]
 
-    base = fm[dfs.BASELINE_FEATURE].fillna(0.0).to_numpy(dtype=float)
+    base_name = dfs.baseline_feature(fm.columns)
+    base = fm[base_name].fillna(0.0).to_numpy(dtype=float)
     b_thr, _ = model.choose_threshold(yv, base[~is_train], wv, valid_days, args.max_alerts_per_day)
-    baseline = {"score": dfs.BASELINE_FEATURE, **model.evaluate(yv, base[~is_train], wv, b_thr, valid_days)}
+    baseline = {"score": base_name, **model.evaluate(yv, base[~is_train], wv, b_thr, valid_days)}
 
     comparisons = {}
     _, _, m, _ = fit_eval(best, other_features, is_train, ~is_train, valid_days)
