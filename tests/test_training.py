@@ -234,6 +234,8 @@ def test_threshold_and_metrics_by_hand():
     assert (m["precision"], m["recall"], m["alerts_per_day"]) == (1.0, pytest.approx(2 / 3), 1.0)
     thr_budget, _ = model.choose_threshold(y, s, w, days=2.0, max_alerts_per_day=0.5)
     assert thr_budget == 0.9
+    thr_none, how = model.choose_threshold(y, s, w, days=2.0, max_alerts_per_day=0.1)
+    assert thr_none == 0.9 and "unreachable" in how
 
 
 @pytest.fixture(scope="module")

@@ -186,20 +186,27 @@ def run_dfs(events_sample: pd.DataFrame, kind: str = DEFAULT_CONNECTION) -> list
         )
 
 
-def feature_definitions(
-    events_sample: pd.DataFrame, kind: str = DEFAULT_CONNECTION, time_features: str = DEFAULT_TIME_FEATURES
+def filter_features(
+    proposed: list[ft.Feature], kind: str = DEFAULT_CONNECTION, time_features: str = DEFAULT_TIME_FEATURES
 ) -> tuple[list[ft.Feature], dict[str, str]]:
-    """The features to save, and the dropped ones (name -> reason)."""
+    """The features of ``proposed`` to keep, and the dropped ones (name -> reason)."""
     if time_features not in TIME_FEATURE_POLICIES:
         raise ValueError(f"time_features must be one of {TIME_FEATURE_POLICIES}, got {time_features!r}")
     kept, dropped = [], {}
-    for f in run_dfs(events_sample, kind):
+    for f in proposed:
         reason = drop_reason(f, kind, time_features)
         if reason is None:
             kept.append(f)
         else:
             dropped[f.get_name()] = reason
     return kept, dropped
+
+
+def feature_definitions(
+    events_sample: pd.DataFrame, kind: str = DEFAULT_CONNECTION, time_features: str = DEFAULT_TIME_FEATURES
+) -> tuple[list[ft.Feature], dict[str, str]]:
+    """The features to save (DFS, then :func:`filter_features`), and the dropped ones (name -> reason)."""
+    return filter_features(run_dfs(events_sample, kind), kind, time_features)
 
 
 def save_features(features: list[ft.Feature], path: str | os.PathLike) -> None:

@@ -148,8 +148,11 @@ def choose_threshold(
         sorted_w = weight[order]
         above = sorted_w[::-1].cumsum()[::-1]  # weighted count of score >= each sorted value
         per_day = above[np.searchsorted(score[order], thresholds, side="left")] / max(days, 1e-9)
-        f1 = np.where(per_day <= max_alerts_per_day, f1, -1.0)
+        within = per_day <= max_alerts_per_day
         how += f", with at most {max_alerts_per_day:g} alerts per day"
+        if not within.any():  # no threshold keeps to the budget: alert as little as possible
+            return float(thresholds[-1]), how + " (budget unreachable: the highest score)"
+        f1 = np.where(within, f1, -1.0)
     best = int(np.argmax(f1))
     return float(thresholds[best]), how
 

@@ -204,10 +204,10 @@ def train(args: argparse.Namespace, spec, classifiers: list[str]) -> int:
 
     # --- features
     other_policy = "keep" if args.time_features == "drop" else "drop"
-    all_features, dropped_all = dfs.feature_definitions(events.head(DFS_SAMPLE_EVENTS), args.connection, "keep")
-    saved_features, dropped = dfs.feature_definitions(events.head(DFS_SAMPLE_EVENTS), args.connection,
-                                                      args.time_features)
-    other_features, _ = dfs.feature_definitions(events.head(DFS_SAMPLE_EVENTS), args.connection, other_policy)
+    proposed = dfs.run_dfs(events.head(DFS_SAMPLE_EVENTS), args.connection)  # depends on the schema, not the values
+    saved_features, dropped = dfs.filter_features(proposed, args.connection, args.time_features)
+    other_features, _ = dfs.filter_features(proposed, args.connection, other_policy)
+    all_features, _ = dfs.filter_features(proposed, args.connection, "keep")  # both of the above
     fm, engine_used = dfs.feature_matrix(events, sample, all_features, args.window_secs, args.connection, engine,
                                          base_epoch=args.base_epoch, progress=progress)
     steps.done("features", f"{len(all_features)} computed ({len(saved_features)} saved) for {len(sample):,} "
@@ -303,7 +303,6 @@ def train(args: argparse.Namespace, spec, classifiers: list[str]) -> int:
         "feature_stats": feature_stats,
         "timing": {**steps.times, "total_secs": round(steps.total, 2), "peak_memory_mb": round(_peak_memory_mb(), 1)},
     }
-    del dropped_all
     meta = model.save_model(args.out, pipeline, saved_features, metadata)
     curves = {f"model ({best})": model.curves(yv, valid_scores, wv), "baseline": model.curves(yv, base[~is_train], wv)} \
         if yv.any() and (~yv).any() else {}  # fmt: skip
