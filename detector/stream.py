@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import pickle
+import resource
 import signal
 import tempfile
 import time
@@ -138,6 +139,15 @@ class Stats:
     feature_secs: float = 0.0
     model_secs: float = 0.0
     started: float = field(default_factory=time.monotonic)
+    first_event_at: float | None = None  # wall (monotonic) time the first event was processed
+    last_event_at: float | None = None
+
+    @property
+    def busy_rate(self) -> float:
+        """Events/s from the first processed event to the last (no start-up, no idle tail)."""
+        if self.first_event_at is None or self.last_event_at is None or self.last_event_at <= self.first_event_at:
+            return 0.0
+        return self.events / (self.last_event_at - self.first_event_at)
 
 
 class StreamDetector:
@@ -502,6 +512,10 @@ class StreamDetector:
                 last_log[conn] = max(last_log.get(conn, -1), ev.log_id)
                 self.engine.observe(ev)
                 self.stats.events += 1
+        now = time.monotonic()
+        if self.stats.first_event_at is None:
+            self.stats.first_event_at = now
+        self.stats.last_event_at = now
         for c in sorted(touched):
             k = touched[c].n_seen - 1
             if k >= cfg.label_spec.min_events:
@@ -725,7 +739,9 @@ class StreamDetector:
         per_event = 1e6 / max(1, s.events)
         return "\n".join([
             "detector summary",
-            f"  events processed   {s.events:,} in {elapsed:,.1f} s ({s.events / elapsed:,.0f} events/s)",
+            f"  events processed   {s.events:,} in {elapsed:,.1f} s ({s.events / elapsed:,.0f} events/s; "
+            f"{s.busy_rate:,.0f} events/s from the first event to the last)",
+            f"  peak memory        {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MB",
             f"  windows rebuilt    {s.rebuilt:,} events re-read from the log",
             f"  cutoffs scored     {s.cutoffs:,} ({s.cutoffs / elapsed:,.0f} cutoffs/s)",
             f"  alerts published   {s.alerts:,} ({s.suppressed:,} more suppressed by the cooldown)",
