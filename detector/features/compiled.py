@@ -79,31 +79,45 @@ class Vocab:
     def __init__(self) -> None:
         self.values: list[str] = []
         self.index: dict[object, int] = {}
-        self._rank: np.ndarray | None = None
+        self._sorted: tuple[int, np.ndarray, np.ndarray, pd.CategoricalDtype] | None = None
 
     def code(self, value: str) -> int:
         c = self.index.get(value)
         if c is None:
             c = self.index[value] = len(self.values)
             self.values.append(value)
-            self._rank = None
         return c
+
+    def _order(self) -> tuple[int, np.ndarray, np.ndarray, pd.CategoricalDtype]:
+        """Sorted order, updated by inserting new values (vocabularies only grow)."""
+        if self._sorted is None or self._sorted[0] != len(self.values):
+            done = self._sorted[0] if self._sorted else 0
+            old_by_rank = self._sorted[2] if self._sorted else np.empty(0, np.int64)
+            old_sorted = self._sorted[3].categories.to_numpy(dtype=object) if self._sorted else np.empty(0, object)
+            new = np.array(self.values[done:], dtype=object)
+            order = np.argsort(new, kind="stable")
+            new_sorted = new[order]
+            at = np.searchsorted(old_sorted, new_sorted) if len(old_sorted) else np.zeros(len(new), np.int64)
+            by_rank = np.insert(old_by_rank, at, done + order).astype(np.int64)
+            rank = np.empty(len(by_rank), dtype=np.int64)
+            rank[by_rank] = np.arange(len(by_rank))
+            dtype = pd.CategoricalDtype(np.insert(old_sorted, at, new_sorted))
+            self._sorted = (len(self.values), rank, by_rank, dtype)
+        return self._sorted
 
     def rank(self) -> np.ndarray:
         """``rank[code]`` = position of the value in sorted order."""
-        if self._rank is None or len(self._rank) != len(self.values):
-            order = np.argsort(np.array(self.values, dtype=object), kind="stable")
-            rank = np.empty(len(order), dtype=np.int64)
-            rank[order] = np.arange(len(order))
-            self._rank = rank
-        return self._rank
+        return self._order()[1]
+
+    def by_rank(self) -> np.ndarray:
+        """``by_rank[position in sorted order]`` = code."""
+        return self._order()[2]
 
     def categorical(self, codes: np.ndarray) -> pd.Categorical:
         """Codes (-1 = missing) as a pandas Categorical with sorted categories."""
-        rank = self.rank()
-        cats = [self.values[i] for i in np.argsort(rank)]
+        _, rank, _, dtype = self._order()
         ranked = np.where(codes >= 0, rank[np.maximum(codes, 0)] if len(rank) else -1, -1)
-        return pd.Categorical.from_codes(ranked, categories=cats)
+        return pd.Categorical.from_codes(ranked, dtype=dtype, validate=False)
 
 
 class _Grow:
@@ -898,34 +912,199 @@ class _Batch:
             out[~com] = e._nth_pending(level, gp, npd[gp])
         return out[np.searchsorted(groups, slots)]
 
-    def pair_rows(self) -> dict[str, np.ndarray]:
-        """Rows (cutoff, pair) for every present pair of each cutoff's connection, with values."""
+    def pair_sets(self) -> _PairSets:
+        """The present pairs of each cutoff's connection, split in two.
+
+        ``unchanged``: pairs without a delta in this batch; their committed values are the
+        same at every cutoff, so they are summarised once per connection. ``changed``: pairs
+        with deltas; their values at each cutoff are summarised per cutoff. Aggregations over
+        a connection's pairs merge the two summaries, so a busy connection with many pairs
+        costs its pair count once per batch, not once per cutoff.
+        """
         e = self.e
-        known, q_conn = self.known, self.q_conn
-        if not len(known):
-            return {}
-        uconn, inv = np.unique(q_conn[known], return_inverse=True)
-        lists = [e._conn_pairs[c] for c in uconn.tolist()]
+        known = self.known
+        conns, inv = np.unique(self.q_conn[known], return_inverse=True)
+        lists = [e._conn_pairs[c] for c in conns.tolist()]
         lens = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
         flat = np.fromiter(chain.from_iterable(lists), dtype=np.int64, count=int(lens.sum()))
-        offs = np.cumsum(lens) - lens
-        per_q = lens[inv]
-        rows_q = np.repeat(known, per_q)
+        owner = np.repeat(np.arange(len(conns)), lens)
+        changed = np.zeros(e.P.a.capacity, dtype=bool)
+        changed[self.pair] = True
+        chg = changed[flat]
+        # unchanged: committed values, grouped by connection (flat is grouped by owner)
+        up, uo = flat[~chg], owner[~chg]
+        unum, ucat = e._vnum[:, up], e._vcat[:, up]
+        keep = unum[0] > 0
+        unchanged = _Rows(uo[keep], up[keep], unum[:, keep], ucat[:, keep], len(conns))
+        # changed: each cutoff x each changed pair of its connection, values at the cutoff
+        cp, co = flat[chg], owner[chg]
+        nch = np.bincount(co, minlength=len(conns))
+        first = np.cumsum(nch) - nch
+        per_q = nch[inv]
         ends = np.cumsum(per_q)
-        total = int(ends[-1]) if len(ends) else 0
-        rows_p = flat[np.repeat(offs[inv] - (ends - per_q), per_q) + np.arange(total)]
+        rows_i = np.repeat(np.arange(len(known)), per_q)  # position in ``known``
+        rows_p = cp[np.repeat(first[inv] - (ends - per_q), per_q) + np.arange(int(ends[-1]) if len(ends) else 0)]
         vnum, vcat = e._vnum[:, rows_p], e._vcat[:, rows_p]
-        if len(self.pair):
+        if len(self.pair) and len(rows_p):
             # values after each delta (one state per distinct (pair, time)), latest <= t wins
             span = self.t_max + 1
             ukey = np.unique(self.pair * span + self.time)
             vp, vt = ukey // span, ukey % span
             dnum, dcat = e._pair_values(self.state(e.P, vp, vt))
-            j = np.searchsorted(ukey, rows_p * span + self.q_t[rows_q], side="right") - 1
+            j = np.searchsorted(ukey, rows_p * span + self.q_t[known[rows_i]], side="right") - 1
             hit = (j >= 0) & (vp[np.maximum(j, 0)] == rows_p)
             vnum[:, hit], vcat[:, hit] = dnum[:, j[hit]], dcat[:, j[hit]]
-        present = vnum[0] > 0
-        return {"q": rows_q[present], "p": rows_p[present], "num": vnum[:, present], "cat": vcat[:, present]}
+        keep = vnum[0] > 0
+        changed_rows = _Rows(rows_i[keep], rows_p[keep], vnum[:, keep], vcat[:, keep], len(known))
+        return _PairSets(conns, inv, unchanged, changed_rows)
+
+
+class _Rows:
+    """Present pairs (``p``) with their values, grouped by ``group`` (sorted)."""
+
+    def __init__(self, group: np.ndarray, p: np.ndarray, num: np.ndarray, cat: np.ndarray, ngroups: int) -> None:
+        self.group, self.p, self.num, self.cat, self.ngroups = group, p, num, cat, ngroups
+        self.n = np.bincount(group, minlength=ngroups)  # present pairs per group
+        self.starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]]) if len(group) else _EMPTY
+        self.ids = group[self.starts]  # groups that have rows
+        self._stats: nm.GroupStats | None = None
+        self._numeric: dict[int, dict[str, np.ndarray]] = {}
+
+    @property
+    def stats(self) -> nm.GroupStats | None:
+        if self._stats is None and len(self.group):
+            self._stats = nm.GroupStats(self.num, self.starts)
+        return self._stats
+
+    def numeric(self, j: int) -> dict[str, np.ndarray]:
+        """Per group (all ``ngroups``): count, sum, mean, min, max, M2, M3 of stream ``j``."""
+        if j not in self._numeric:
+            self._numeric[j] = self._summarise(j)
+        return self._numeric[j]
+
+    def _summarise(self, j: int) -> dict[str, np.ndarray]:
+        g = self.ngroups
+        out = {
+            "cnt": np.zeros(g),
+            "sum": np.zeros(g),
+            "min": np.full(g, np.nan),
+            "max": np.full(g, np.nan),
+            "m1": np.zeros(g),
+            "m2": np.zeros(g),
+            "m3": np.zeros(g),
+        }
+        st = self.stats
+        if st is not None:
+            m2, m3 = st.moments()
+            out["m1"][self.ids] = np.nan_to_num(st.residual()[j])
+            out["cnt"][self.ids] = st.count[j]
+            out["sum"][self.ids] = st.total[j]
+            out["min"][self.ids] = st.get("min")[j]
+            out["max"][self.ids] = st.get("max")[j]
+            out["m2"][self.ids] = np.nan_to_num(m2[j])
+            out["m3"][self.ids] = np.nan_to_num(m3[j])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out["mean"] = np.where(out["cnt"] > 0, out["sum"] / np.maximum(out["cnt"], 1), np.nan)
+        return out
+
+    def code_counts(self, codes: np.ndarray, width: int) -> np.ndarray:
+        """(groups x values) counts of codes (-1 skipped)."""
+        ok = codes >= 0
+        flat = np.bincount(self.group[ok] * width + codes[ok], minlength=self.ngroups * width)
+        return flat.reshape(self.ngroups, width)
+
+
+class _PairSets:
+    """Unchanged pairs (per connection) and changed pairs (per cutoff) of one batch."""
+
+    def __init__(self, conns: np.ndarray, inv: np.ndarray, unchanged: _Rows, changed: _Rows) -> None:
+        self.conns = conns  # connection slots
+        self.inv = inv  # known cutoff -> index in conns
+        self.u = unchanged
+        self.c = changed
+        self.n = unchanged.n[inv] + changed.n  # present pairs per known cutoff
+        self._gathered: dict[int, dict[str, np.ndarray]] = {}
+
+    def numeric(self, j: int, prim: str) -> np.ndarray:
+        """``prim`` over the union, per known cutoff (pandas groupby semantics)."""
+        if j not in self._gathered:
+            self._gathered[j] = {k: v[self.inv] for k, v in self.u.numeric(j).items()}
+        a, b = self._gathered[j], self.c.numeric(j)
+        n = a["cnt"] + b["cnt"]
+        if prim == "sum":
+            return a["sum"] + b["sum"]
+        if prim == "min":
+            return np.fmin(a["min"], b["min"])
+        if prim == "max":
+            return np.fmax(a["max"], b["max"])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            if prim == "mean":
+                return np.where(n > 0, (a["sum"] + b["sum"]) / np.maximum(n, 1), np.nan)
+            # pandas centres on the float mean of the union; move each part's sums there
+            centre = (a["sum"] + b["sum"]) / np.maximum(n, 1)
+            m2 = np.zeros(len(n))
+            m3 = np.zeros(len(n))
+            for part in (a, b):
+                k = part["cnt"]
+                h = np.where(k > 0, part["mean"] - centre, 0.0)
+                m2 += part["m2"] + 2 * h * part["m1"] + k * h * h
+                m3 += part["m3"] + 3 * h * part["m2"] + 3 * h * h * part["m1"] + k * h * h * h
+            if prim == "std":
+                out = np.sqrt(m2 / (n - 1))
+                flat = np.fmin(a["min"], b["min"]) == np.fmax(a["max"], b["max"])
+                return np.where(n >= 2, np.where(flat, 0.0, out), np.nan)
+            m2 = np.where(np.abs(m2) < nm.ZERO_FPERR, 0.0, m2)
+            m3 = np.where(np.abs(m3) < nm.ZERO_FPERR, 0.0, m3)
+            res = (n * (n - 1) ** 0.5 / (n - 2)) * (m3 / m2**1.5)
+        return np.where(n >= 3, np.where(m2 == 0, 0.0, res), np.nan)
+
+    def code_counts(self, j: int, width: int) -> np.ndarray:
+        """(known cutoffs x values) counts of categorical stream ``j`` over the union."""
+        a = self.u.code_counts(self.u.cat[j], width)[self.inv]
+        return a + self.c.code_counts(self.c.cat[j], width)
+
+    def column(self, e: CompiledEngine, col: str, prim: str, weighted: bool) -> np.ndarray:
+        """NUM_UNIQUE / MODE of a pair column per known cutoff (rows weighted by n if asked).
+
+        Bins are each connection's own distinct values (local indices): no hashing of codes.
+        """
+        u, c = self.u, self.c
+        width = e._c_nlocal[col][self.conns]
+        offs = np.cumsum(width) - width
+        nbins = int(width.sum())
+        ubins = offs[u.group] + e._p_local[col][u.p]
+        counts = np.bincount(ubins, weights=u.num[0] if weighted else None, minlength=nbins)
+        code = np.full(nbins, -1, dtype=np.int64)
+        code[ubins] = e._p_cols[col][u.p]
+        rank = e.vocab[col].rank()
+        big = len(rank) + 1
+
+        def score(cnt: np.ndarray, codes: np.ndarray) -> np.ndarray:
+            return np.where(cnt > 0, cnt.astype(np.int64) * big + (big - 1 - rank[np.maximum(codes, 0)]), -1)
+
+        owner = np.repeat(np.arange(len(width)), width)
+        u_unique = np.bincount(owner, weights=counts > 0, minlength=len(width))
+        u_best = np.maximum.reduceat(score(counts, code), offs) if nbins else np.zeros(0, np.int64)
+        n_known = len(self.inv)
+        unique = u_unique[self.inv].astype(np.float64)
+        best = u_best[self.inv].copy() if nbins else np.full(n_known, -1, dtype=np.int64)
+        if len(c.group):
+            cbins = offs[self.inv[c.group]] + e._p_local[col][c.p]
+            key = c.group * (nbins + 1) + cbins
+            order = np.argsort(key, kind="stable")
+            key_s = key[order]
+            first = np.flatnonzero(np.r_[True, key_s[1:] != key_s[:-1]])
+            w = (c.num[0] if weighted else np.ones(len(key)))[order]
+            add = np.add.reduceat(w, first)
+            grp, bins = key_s[first] // (nbins + 1), key_s[first] % (nbins + 1)
+            before = counts[bins]
+            unique += np.bincount(grp, weights=(before == 0) & (add > 0), minlength=n_known)
+            np.maximum.at(best, grp, score(before + add, e._p_cols[col][c.p[order[first]]]))
+        if prim == "num_unique":
+            return unique
+        best_rank = np.where(best >= 0, big - 1 - best % big, -1)
+        by_rank = e.vocab[col].by_rank()
+        return np.where(best_rank >= 0, by_rank[np.maximum(best_rank, 0)] if len(by_rank) else -1, -1)
 
 
 class _Evaluator:
@@ -936,7 +1115,7 @@ class _Evaluator:
         self.b = batch
         self.Q = len(batch.q_t)
         self._conn: dict[str, np.ndarray] | None = None
-        self._rows: dict[str, np.ndarray] | None = None
+        self._pairs: _PairSets | None = None
         self._cache: dict[object, np.ndarray] = {}
 
     # -- lazily computed inputs
@@ -953,15 +1132,10 @@ class _Evaluator:
         return self._conn
 
     @property
-    def rows(self) -> dict[str, np.ndarray]:
-        """Present (cutoff, pair) rows grouped by cutoff, with ``starts`` and ``groups``."""
-        if self._rows is None:
-            r = self.b.pair_rows() or {"q": _EMPTY, "p": _EMPTY, "num": np.empty((1, 0)), "cat": np.empty((0, 0))}
-            q = r["q"]
-            r["starts"] = np.flatnonzero(np.r_[True, q[1:] != q[:-1]]) if len(q) else _EMPTY
-            r["groups"] = q[r["starts"]]
-            self._rows = r
-        return self._rows
+    def pairs(self) -> _PairSets:
+        if self._pairs is None:
+            self._pairs = self.b.pair_sets()
+        return self._pairs
 
     # -- assembly
     def column(self, spec: Spec):
@@ -972,8 +1146,11 @@ class _Evaluator:
             return self.e.vocab[spec.vocab].categorical(codes)
         if spec.level == TARGET_LOG and spec.source.kind != "pair_column":
             where, values = self.conn["q"], self._target_log(spec)
+        elif not len(self.b.known):
+            where, values = _EMPTY, np.empty(0)
         else:
-            where, values = self.rows["groups"], self._over_pairs(spec)
+            present = self.pairs.n > 0
+            where, values = self.b.known[present], self._over_pairs(spec)[present]
         if spec.output == "category":
             codes = np.full(self.Q, -1, dtype=np.int64)
             codes[where] = values
@@ -1010,78 +1187,20 @@ class _Evaluator:
             self._cache[key] = fn()
         return self._cache[key]
 
-    # -- connection level, over its present pairs
+    # -- connection level, over its present pairs (per known cutoff)
     def _over_pairs(self, spec: Spec) -> np.ndarray:
-        r, e = self.rows, self.e
-        starts, ngroups = r["starts"], len(r["groups"])
-        if not ngroups:
-            return np.empty(0)
-        prim = spec.primitive
+        ps, e, prim = self.pairs, self.e, spec.primitive
         if spec.level == TARGET_LOG:  # a pair column counted over the connection's log rows
-            col = spec.source.column
-            return self._column_counts(col, weights=r["num"][0], prim=prim)
+            return ps.column(e, spec.source.column, prim, weighted=True)
         pv = spec.pair_value
         if prim == "count":
-            return np.diff(np.r_[starts, len(r["q"])]).astype(np.float64)
+            return ps.n.astype(np.float64)
         if pv.kind == "column":
-            return self._column_counts(pv.column, weights=None, prim=prim)
+            return ps.column(e, pv.column, prim, weighted=False)
         if pv.primitive == "mode":
-            codes = r["cat"][e._cat_streams.index(pv)]
-            counts = self._memo(("catcounts", pv), lambda: self._code_counts(codes, len(e.vocab[pv.source.column].values)))
+            width = len(e.vocab[pv.source.column].values)
+            counts = self._memo(("cat", pv), lambda: ps.code_counts(e._cat_streams.index(pv), width))
             if prim == "num_unique":
                 return (counts > 0).sum(axis=1).astype(np.float64)
             return nm.row_mode(counts, e.vocab[spec.vocab].rank())
-        j = e._num_streams.index(pv)
-        agg = self._memo(("pairs", prim), lambda: _GROUPED[prim](r["num"], starts))
-        return agg[j]
-
-    def _code_counts(self, codes: np.ndarray, width: int) -> np.ndarray:
-        """(groups x values) counts of codes (-1 skipped)."""
-        r = self.rows
-        gid = _group_ids(r["starts"], len(codes))
-        ok = codes >= 0
-        flat = np.bincount(gid[ok] * width + codes[ok], minlength=len(r["groups"]) * width)
-        return flat.reshape(len(r["groups"]), width)
-
-    def _column_counts(self, col: str, weights: np.ndarray | None, prim: str) -> np.ndarray:
-        """NUM_UNIQUE / MODE of a pair column per cutoff (weighted by rows when asked).
-
-        Bins are the connection's own distinct values (local indices), so no hashing or
-        sorting of global codes is needed.
-        """
-        r, e = self.rows, self.e
-        gid = _group_ids(r["starts"], len(r["q"]))
-        local = e._p_local[col][r["p"]]
-        width = e._c_nlocal[col][self.b.q_conn[r["groups"]]]
-        offs = np.cumsum(width) - width
-        bins = offs[gid] + local
-        nbins = int(width.sum())
-        w = np.ones(len(bins)) if weights is None else weights
-        counts = np.bincount(bins, weights=w, minlength=nbins)
-        bin_group = np.repeat(np.arange(len(width)), width)
-        if prim == "num_unique":
-            return np.bincount(bin_group, weights=(counts > 0), minlength=len(width)).astype(np.float64)
-        code = np.full(nbins, -1, dtype=np.int64)
-        code[bins] = e._p_cols[col][r["p"]]
-        rank = e.vocab[col].rank()
-        big = len(rank) + 1
-        score = np.where(counts > 0, counts.astype(np.int64) * big + (big - 1 - rank[np.maximum(code, 0)]), -1)
-        best = np.maximum.reduceat(score, offs)
-        best_rank = big - 1 - best % big
-        return np.argsort(rank)[best_rank]
-
-
-def _group_ids(starts: np.ndarray, size: int) -> np.ndarray:
-    g = np.zeros(size, dtype=np.int64)
-    g[starts[1:]] = 1
-    return np.cumsum(g)
-
-
-_GROUPED = {
-    "sum": nm.g_sum,
-    "mean": nm.g_mean,
-    "min": nm.g_min,
-    "max": nm.g_max,
-    "std": nm.g_std,
-    "skew": nm.g_skew,
-}
+        return self._memo(("num", pv, prim), lambda: ps.numeric(e._num_streams.index(pv), prim))

@@ -98,101 +98,81 @@ def skew_from_sums(
 #    of each group). A 2-D input is (streams x rows): reducing contiguous rows is ~4x faster.
 
 
-def g_count(valid: np.ndarray, starts: np.ndarray) -> np.ndarray:
-    return np.add.reduceat(valid.astype(np.int64), starts, axis=-1)
-
-
-def g_sum(x: np.ndarray, starts: np.ndarray) -> np.ndarray:
-    return np.add.reduceat(np.where(np.isnan(x), 0.0, x), starts, axis=-1)
-
-
-def g_mean(x: np.ndarray, starts: np.ndarray) -> np.ndarray:
-    c = g_count(~np.isnan(x), starts)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(c > 0, g_sum(x, starts) / np.maximum(c, 1), np.nan)
-
-
-def g_min(x: np.ndarray, starts: np.ndarray) -> np.ndarray:
-    return np.fmin.reduceat(x, starts, axis=-1)
-
-
-def g_max(x: np.ndarray, starts: np.ndarray) -> np.ndarray:
-    return np.fmax.reduceat(x, starts, axis=-1)
-
-
-def _group_ids(starts: np.ndarray, size: int) -> np.ndarray:
+def group_ids(starts: np.ndarray, size: int) -> np.ndarray:
     g = np.zeros(size, dtype=np.int64)
     g[starts[1:]] = 1
     return np.cumsum(g)
 
 
-def g_std(x: np.ndarray, starts: np.ndarray) -> np.ndarray:
-    valid = ~np.isnan(x)
-    c = g_count(valid, starts)
-    gid = _group_ids(starts, x.shape[-1])
-    mean = g_sum(x, starts) / np.maximum(c, 1)
-    dev = np.where(valid, x - mean[..., gid], 0.0)
-    m2 = np.add.reduceat(dev * dev, starts, axis=-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = np.sqrt(m2 / (c - 1))
-    # pandas' Welford gives exactly 0 for equal values; two-pass may leave 1e-17.
-    out = np.where(g_min(x, starts) == g_max(x, starts), 0.0, out)
-    return np.where(c >= 2, out, np.nan)
+class GroupStats:
+    """Grouped SUM/MEAN/MIN/MAX/STD/SKEW (pandas groupby semantics), sharing common passes.
 
+    NaN skipped; SUM of nothing 0, the others NaN; STD ddof=1 and exactly 0 for equal values
+    (as pandas' Welford); SKEW as ``nanskew`` (moments below 1e-14 zeroed, NaN below 3).
+    Each statistic is computed on first use.
+    """
 
-def g_skew(x: np.ndarray, starts: np.ndarray) -> np.ndarray:
-    """``nanskew`` per group, as pandas computes it."""
-    valid = ~np.isnan(x)
-    cnt = g_count(valid, starts).astype(np.float64)
-    gid = _group_ids(starts, x.shape[-1])
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = g_sum(x, starts) / cnt
-        adj = np.where(valid, x - mean[..., gid], 0.0)
-        adj2 = adj**2
-        m2 = np.add.reduceat(adj2, starts, axis=-1)
-        m3 = np.add.reduceat(adj2 * adj, starts, axis=-1)
+    def __init__(self, x: np.ndarray, starts: np.ndarray) -> None:
+        self.x, self.starts = x, starts
+        self.valid = ~np.isnan(x)
+        self.x0 = np.where(self.valid, x, 0.0)
+        self.count = np.add.reduceat(self.valid.astype(np.int64), starts, axis=-1)
+        self.total = np.add.reduceat(self.x0, starts, axis=-1)
+        self._memo: dict[str, np.ndarray] = {}
+
+    def get(self, prim: str) -> np.ndarray:
+        if prim not in self._memo:
+            self._memo[prim] = getattr(self, "_" + prim)()
+        return self._memo[prim]
+
+    def _sum(self) -> np.ndarray:
+        return self.total
+
+    def _mean(self) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.count > 0, self.total / np.maximum(self.count, 1), np.nan)
+
+    def _min(self) -> np.ndarray:
+        return np.fmin.reduceat(self.x, self.starts, axis=-1)
+
+    def _max(self) -> np.ndarray:
+        return np.fmax.reduceat(self.x, self.starts, axis=-1)
+
+    def moments(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per group: sums of squared and cubed deviations from the group's float mean."""
+        if "m2" not in self._memo:
+            gid = group_ids(self.starts, self.x.shape[-1])
+            with np.errstate(invalid="ignore", divide="ignore"):
+                mean = self.total / self.count
+            adj = np.where(self.valid, self.x - mean[..., gid], 0.0)
+            adj2 = adj * adj
+            self._memo["m1"] = np.add.reduceat(adj, self.starts, axis=-1)
+            self._memo["m2"] = np.add.reduceat(adj2, self.starts, axis=-1)
+            self._memo["m3"] = np.add.reduceat(adj2 * adj, self.starts, axis=-1)
+        return self._memo["m2"], self._memo["m3"]
+
+    def residual(self) -> np.ndarray:
+        """Per group: the sum of deviations from the group's float mean (rounding, ~0)."""
+        self.moments()
+        return self._memo["m1"]
+
+    def _std(self) -> np.ndarray:
+        m2, _ = self.moments()
+        c = self.count
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out = np.sqrt(m2 / (c - 1))
+        out = np.where(self.get("min") == self.get("max"), 0.0, out)  # Welford: exactly 0
+        return np.where(c >= 2, out, np.nan)
+
+    def _skew(self) -> np.ndarray:
+        m2, m3 = self.moments()
+        cnt = self.count.astype(np.float64)
         m2 = np.where(np.abs(m2) < ZERO_FPERR, 0.0, m2)
         m3 = np.where(np.abs(m3) < ZERO_FPERR, 0.0, m3)
-        res = (cnt * (cnt - 1) ** 0.5 / (cnt - 2)) * (m3 / m2**1.5)
-    res = np.where(m2 == 0, 0.0, res)
-    return np.where(cnt >= 3, res, np.nan)
-
-
-def g_nunique(codes: np.ndarray, starts: np.ndarray, ngroups: int) -> np.ndarray:
-    """Distinct non-missing codes (>= 0) per group."""
-    gid = _group_ids(starts, len(codes))
-    ok = codes >= 0
-    if not ok.any():
-        return np.zeros(ngroups, dtype=np.int64)
-    key = np.unique(gid[ok] * (int(codes.max()) + 1) + codes[ok])
-    return np.bincount(key // (int(codes.max()) + 1), minlength=ngroups)
-
-
-def g_mode(
-    codes: np.ndarray, starts: np.ndarray, ngroups: int, rank: np.ndarray, weights: np.ndarray | None = None
-) -> np.ndarray:
-    """Most frequent code per group (weighted), ties to the smallest rank; -1 when none."""
-    out = np.full(ngroups, -1, dtype=np.int64)
-    gid = _group_ids(starts, len(codes))
-    ok = codes >= 0
-    if not ok.any():
-        return out
-    g, c = gid[ok], codes[ok]
-    w = np.ones(len(c), dtype=np.int64) if weights is None else weights[ok]
-    r = rank[c]
-    span = int(r.max()) + 1
-    key = g * span + r
-    order = np.argsort(key, kind="stable")
-    key_s, w_s = key[order], w[order]
-    first = np.flatnonzero(np.r_[True, key_s[1:] != key_s[:-1]])
-    tot = np.add.reduceat(w_s, first)
-    ukey = key_s[first]
-    ug, ur = ukey // span, ukey % span
-    best = np.lexsort((ur, -tot, ug))
-    lead = best[np.r_[True, ug[best][1:] != ug[best][:-1]]]
-    by_rank = np.argsort(rank)  # rank -> code
-    out[ug[lead]] = by_rank[ur[lead]]
-    return out
+        with np.errstate(invalid="ignore", divide="ignore"):
+            res = (cnt * (cnt - 1) ** 0.5 / (cnt - 2)) * (m3 / m2**1.5)
+        res = np.where(m2 == 0, 0.0, res)
+        return np.where(cnt >= 3, res, np.nan)
 
 
 def row_mode(counts: np.ndarray, rank: np.ndarray) -> np.ndarray:

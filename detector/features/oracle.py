@@ -159,6 +159,7 @@ class OracleEngine:
             t0 = max(t for _, t in cutoffs)
             rows = [(-1, t0, *([_DUMMY] * len(IDENTITY_FIELDS)), *([None] * len(ATTRIBUTE_FIELDS)))]
         events = pd.DataFrame(rows, columns=list(EVENT_FIELDS))
+        self.featuretools_calls += 1
         return calculate_with_featuretools(
             self.defs, events, cutoffs, self.window_secs, kind=self.kind, base_epoch=self.base_epoch
         )
