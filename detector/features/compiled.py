@@ -321,9 +321,17 @@ class CompiledEngine:
         if self._watermark is not None and secs.min() <= self._watermark:
             raise ValueError(f"late event: secs={secs.min()} is not after the watermark {self._watermark}")
         self._materialize()
-        keys = pd.MultiIndex.from_arrays([events[f].to_numpy(dtype=object) for f in IDENTITY_FIELDS])
-        key_codes, uniques = keys.factorize()
-        slots = self._pair_slots(list(uniques))
+        # factorize each identity column and combine the codes (re-factorized so they stay small)
+        key = np.zeros(len(events), dtype=np.int64)
+        columns = []
+        for f in IDENTITY_FIELDS:
+            codes_f, uniq_f = pd.factorize(events[f].to_numpy(dtype=object))
+            key = pd.factorize(key * len(uniq_f) + codes_f)[0]
+            columns.append((codes_f, uniq_f))
+        key_codes = key  # 0 .. K-1 in order of first appearance
+        first = np.unique(key_codes, return_index=True)[1]
+        uniques = list(zip(*(u[c[first]] for c, u in columns), strict=True))
+        slots = self._pair_slots(uniques)
         codes = np.full((len(events), _A), -1, dtype=np.int32)
         for j, a in enumerate(ATTRIBUTE_FIELDS):
             col_codes, col_uniques = pd.factorize(events[a].to_numpy(dtype=object), use_na_sentinel=True)
