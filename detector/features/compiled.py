@@ -21,10 +21,12 @@ last-time indexes).
 
 * Connection-level log aggregations (``COUNT(log)``, ``STD(log.secs)``...) read the
   connection's state: O(1) per cutoff.
-* Aggregations over the connection's pairs (``MEAN(name_host_pairs.SUM(log.secs))``...)
-  gather each present pair's values (committed values cached per pair, values after each
-  delta computed once per delta) and reduce them per cutoff: O(pairs of the connection)
-  cheap numpy work per cutoff.
+* Aggregations over the connection's pairs (``MEAN(name_host_pairs.SUM(log.secs))``...):
+  pairs without a delta in the batch are summarised once per connection from their cached
+  committed values; pairs with deltas are summarised per cutoff (their values after each
+  delta are computed once per delta); the two summaries merge (counts and sums added,
+  centred moments moved to pandas' centre, per-value counts added). Cost: the pairs of a
+  connection once per batch, plus its changed pairs per cutoff.
 
 ``advance(watermark)`` folds arrivals and departures up to the watermark into committed
 state, applies the per-connection cap and drops pairs and connections with nothing left
