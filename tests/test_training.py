@@ -316,11 +316,18 @@ def test_artifact_round_trip_scores_the_same(trained_dir, events):
     s1, s2 = loaded.score(fm), again.score(fm.iloc[:, ::-1])  # column order does not matter
     assert s1.shape == (30,) and np.all((s1 >= 0) & (s1 <= 1))
     np.testing.assert_array_equal(s1, s2)
-    # raw featuretools output (nullable ints, categories) is accepted as it comes
-    es = build_entityset(events)
+    # raw featuretools output (nullable integers, categories) scores as the normalised matrix does
+    t = int(events.secs.quantile(0.5))
+    conns = events[events.secs <= t].pipe(lambda e: e.src_name + " / " + e.dest_name).unique()[:4].tolist()
+    es = build_entityset(events[events.secs <= t])
+    window = loaded.metadata["window_secs"]
     raw = ft.calculate_feature_matrix(loaded.features, es, cutoff_time=pd.DataFrame(
-        {"session_id": lt.connection_id[:3], "time": to_time(lt.cutoff_secs[:3])}), cutoff_time_in_index=False)  # fmt: skip
-    assert loaded.score(raw).shape == (3,)
+        {"session_id": conns, "time": [to_time(t)] * 4}), training_window=f"{window} seconds",
+        cutoff_time_in_index=False)  # fmt: skip
+    cutoffs = pd.DataFrame({"connection_id": conns, "cutoff_secs": [t] * 4})
+    ours = dfs.oracle_feature_matrix(events, cutoffs, loaded.features, window, progress=False)
+    assert any(str(d) in ("Int64", "category") for d in raw.dtypes)
+    np.testing.assert_allclose(loaded.score(raw), loaded.score(ours), rtol=1e-12)
 
 
 def test_load_refuses_a_changed_model_file(trained_dir, tmp_path):
