@@ -1,0 +1,69 @@
+"""`cyberstream demo` end to end on a small generated slice, against the real broker.
+
+The demo generates the data, trains, runs the detector and the producer, and prints the
+alert summary. The test reads the alert topic and the ground truth itself and checks the
+printed figures against its own count.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+from cyberstream.kafka_io import make_consumer
+from training.data import read_events
+
+pytestmark = pytest.mark.integration
+
+
+def _figure(text: str, pattern: str) -> tuple[int, ...]:
+    match = re.search(pattern, text)
+    assert match, f"summary line {pattern!r} not found in:\n{text}"
+    return tuple(int(g.replace(",", "")) for g in match.groups())
+
+
+def test_demo_prints_a_summary_that_matches_the_ground_truth(kafka_bootstrap: str, tmp_path):
+    env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap, CYBERSTREAM_HOME=str(tmp_path / "var"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "cyberstream.cli", "demo", "--days", "4", "--events-per-day", "4000", "--quiet",
+         "--idle-timeout", "4"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = proc.stdout
+    assert (tmp_path / "data" / "CyberFLTenDays.csv").is_file() and (tmp_path / "models" / "metadata.json").is_file()
+    report = re.search(r"report: (\S+)", out).group(1)
+    assert (tmp_path / report).is_file() or os.path.isfile(report)
+    topic = re.search(r"alert topic: (\S+) on ", out).group(1)
+
+    # The test's own figures: alerts from the topic (unique ids), truth from the CSV.
+    consumer = make_consumer(kafka_bootstrap, topic, group_id=None)
+    alerts: dict[str, dict] = {}
+    quiet = time.monotonic()
+    while time.monotonic() - quiet < 3:
+        for records in consumer.poll(timeout_ms=500).values():
+            for r in records:
+                a = json.loads(r.value)
+                alerts.setdefault(a["alert_id"], a)
+            quiet = time.monotonic()
+    consumer.close()
+    truth, _ = read_events(tmp_path / "data" / "CyberFLTenDays.csv", progress=False)
+    conn = truth["src_name"] + " / " + truth["dest_name"]
+    malicious = set(conn[truth["label"]])
+    alerted = {a["connection"] for a in alerts.values()}
+    tp, fp = len(alerted & malicious), len(alerted - malicious)
+
+    assert _figure(out, r"-> ([\d,]+) alerts") == (len(alerts),)
+    assert _figure(out, r"connections alerted\s+([\d,]+): ([\d,]+) malicious \(TP\), ([\d,]+) clean") == (
+        len(alerted), tp, fp)  # fmt: skip
+    assert _figure(out, r"malicious connections\s+([\d,]+): ([\d,]+) alerted, ([\d,]+) missed") == (
+        len(malicious), tp, len(malicious) - tp)  # fmt: skip
+    recall = float(re.search(r"recall \(connections\)\s+([\d.]+) %", out).group(1))
+    assert recall == pytest.approx(100 * tp / len(malicious), abs=0.05)
+    assert tp > 0, "the demo detected no malicious connection"
