@@ -34,16 +34,17 @@ VALUES = {
     "result": ["Success", "Fail"],
 }
 GAPS = np.array([0, 0, 0, 1, 1, 2, 3, 5, 11, 40, 300])
+DENSE_GAPS = np.array([0, 0, 0, 0, 0, 1, 1, 2])
 
 
-def random_stream(seed: int, n_events: int = 700, n_sessions: int = 45) -> pd.DataFrame:
+def random_stream(seed: int, n_events: int = 700, n_sessions: int = 45, gaps: np.ndarray = GAPS) -> pd.DataFrame:
     """A small LANL-shaped stream, sorted by secs, secs around 8.6e5."""
     rng = np.random.default_rng(seed)
     sessions = list({(rng.choice(NAMES), rng.choice(NAMES)) for _ in range(n_sessions)})
     pairs = [[(rng.choice(HOSTS), rng.choice(HOSTS)) for _ in range(rng.integers(1, 5))] for _ in sessions]
     weight = rng.pareto(1.2, len(sessions)) + 0.2
     missing = {a: rng.uniform(0.05, 0.6) for a in VALUES}
-    secs = 860_000 + np.cumsum(rng.choice(GAPS, n_events))
+    secs = 860_000 + np.cumsum(rng.choice(gaps, n_events))
     which = rng.choice(len(sessions), n_events, p=weight / weight.sum())
     rows = []
     for i, (t, s) in enumerate(zip(secs, which, strict=True)):
@@ -82,12 +83,22 @@ def mismatches(compiled: pd.DataFrame, oracle: pd.DataFrame) -> list[str]:
 CASES = [(1, 1), (2, 2), (3, 5), (4, 30), (5, 400), (6, 86_400)]
 
 
+def busy_seconds(events: pd.DataFrame, window: int, k: int, rng: np.random.Generator) -> list[int]:
+    """Event seconds where many connections are active in the window, and a few random ones."""
+    conn = (events.src_name + " / " + events.dest_name).to_numpy()
+    secs = events.secs.to_numpy()
+    cand = np.unique(secs)
+    active = np.array([len(set(conn[(secs <= t) & (secs > t - window)])) for t in cand])
+    busy = cand[np.argsort(-active, kind="stable")[: k - 3]]
+    spare = rng.choice(np.setdiff1d(cand, busy), 3, replace=False)
+    return sorted(int(t) for t in np.r_[busy, spare])
+
+
 @pytest.mark.parametrize(("seed", "window"), CASES)
 def test_every_compiled_feature_equals_featuretools(feature_defs, seed, window):
-    events = random_stream(seed)
+    events = random_stream(seed, n_sessions=60, gaps=DENSE_GAPS if window <= 30 else GAPS)
     conns = sorted((events.src_name + " / " + events.dest_name).unique())
-    rng = np.random.default_rng(seed)
-    times = sorted(rng.choice(events.secs.unique(), 14, replace=False).tolist())
+    times = busy_seconds(events, window, 12, np.random.default_rng(seed))
     cutoffs = [(c, t) for t in times for c in conns]
     compiled = feature_matrix(events, cutoffs, feature_defs, window, chunk_events=23)
     names = [f.get_name() for f in feature_defs]
