@@ -61,6 +61,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-events", type=int, default=None, help="stop after this many events")
     parser.add_argument("--idle-timeout", type=float, default=None,
                         help="stop after this many wall seconds without new records, once caught up")
+    parser.add_argument("--allowed-lateness-secs", type=int, default=60,
+                        help="while a producer writes, a caught-up partition waits until the others are this "
+                        "many seconds of event time ahead (or the stream pauses) before its second is closed; "
+                        "events arriving later go to the dead-letter topic as late (default: %(default)s)")
     parser.add_argument("--base-epoch", type=int, default=config.base_epoch(),
                         help="epoch seconds of secs=0 in record timestamps (default: %(default)s)")
     parser.add_argument("--log-every", type=float, default=10.0, help="wall seconds between progress lines")
@@ -107,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
         online_weight=args.online_weight, online_warmup_positives=args.online_warmup,
         batch_size=args.batch_size, checkpoint_every_secs=args.checkpoint_every, max_events=args.max_events,
         idle_timeout=args.idle_timeout, idle_drop_secs=args.idle_drop_secs, base_epoch=args.base_epoch,
-        log_every_secs=args.log_every, record_features=args.record_features, record_every=args.record_every,
+        log_every_secs=args.log_every, allowed_lateness_secs=args.allowed_lateness_secs,
+        record_features=args.record_features, record_every=args.record_every,
     )  # fmt: skip
 
     def engine_factory():

@@ -81,6 +81,10 @@ class DetectorConfig:
     base_epoch: int = 1_577_836_800
     log_every_secs: float = 10.0
     poll_records: int = 20_000
+    #: a caught-up partition counts as complete after this long without new records ...
+    idle_grace_secs: float = 0.5
+    #: ... or once other partitions are this far ahead in event time (later events are late)
+    allowed_lateness_secs: int = 60
     #: write the features of every alerted cutoff and of one in N others to this JSON-lines
     #: file, for audits and for the parity check against featuretools.
     record_features: Path | None = None
@@ -129,6 +133,7 @@ class ConnState:
 class Stats:
     events: int = 0
     malformed: int = 0
+    late: int = 0
     labels: int = 0
     cutoffs: int = 0
     alerts: int = 0
@@ -180,6 +185,9 @@ class StreamDetector:
         self.send_errors: list[BaseException] = []
         self.producer = make_producer(cfg.bootstrap, client_id=f"{cfg.group_id}-alerts")
         self.consumer = None
+        # partition -> offset after a dead-lettered record that sits behind unprocessed ones
+        self.skipped_events: dict[int, int] = {}
+        self.skipped_labels: dict[int, int] = {}
         self._revoked: set = set()
         self._assigned: set | None = None
         self.final_lag: int | None = None
@@ -233,6 +241,10 @@ class StreamDetector:
                     self._last_data = time.monotonic()
                     self._enqueue(records)
                 self._advance(final=False)
+                if not any(self.event_q.values()):
+                    # Everything fetched is processed: score now rather than wait for a full
+                    # batch (latency). Scores do not depend on when this happens.
+                    self._flush_scores()
                 now = time.monotonic()
                 if now - last_commit >= cfg.checkpoint_every_secs:
                     self._commit()
@@ -388,8 +400,7 @@ class StreamDetector:
                         q.append((r.offset, decode_event(r.value)))
                     except SchemaError as exc:
                         self._dead_letter(tp, r, exc.reason)
-                        if not q:  # nothing unprocessed before it: it counts as processed
-                            self.next_event_offset[tp.partition] = r.offset + 1
+                        self._skip(self.next_event_offset, self.skipped_events, q, tp.partition, r.offset)
             else:
                 q = self.label_q.setdefault(tp.partition, deque())
                 for r in recs:
@@ -397,11 +408,30 @@ class StreamDetector:
                         lab = decode_label(r.value)
                     except SchemaError as exc:
                         self._dead_letter(tp, r, exc.reason)
-                        if not q:
-                            self.next_label_offset[tp.partition] = r.offset + 1
+                        self._skip(self.next_label_offset, self.skipped_labels, q, tp.partition, r.offset)
                         continue
                     # Arrival in event time: the record timestamp the producer stamped.
                     q.append((r.offset, lab, r.timestamp // 1000 - cfg.base_epoch))
+
+    @staticmethod
+    def _skip(next_offset: dict[int, int], skipped: dict[int, int], q: deque, partition: int, offset: int) -> None:
+        """A dead-lettered record counts as processed once every record queued before it is."""
+        if q:
+            skipped[partition] = offset + 1
+        else:
+            next_offset[partition] = offset + 1
+
+    @staticmethod
+    def _drained(next_offset: dict[int, int], skipped: dict[int, int], partition: int) -> None:
+        if partition in skipped:
+            next_offset[partition] = max(next_offset.get(partition, 0), skipped.pop(partition))
+
+    def _late(self, partition: int, offset: int, ev) -> None:
+        self.stats.late += 1
+        reason = (f"late event: secs {ev.secs} arrived after event time {self.processed_secs} was processed "
+                  f"(beyond --allowed-lateness-secs {self.cfg.allowed_lateness_secs})")  # fmt: skip
+        value = dead_letter(source=f"{self.cfg.events_topic}[{partition}]@{offset}", reason=reason, raw=ev.to_json())
+        self.producer.send(self.cfg.dlq_topic, value=value).add_errback(self.send_errors.append)
 
     def _dead_letter(self, tp, record, reason: str) -> None:
         self.stats.malformed += 1
@@ -434,10 +464,23 @@ class StreamDetector:
                    for p in self.event_q)  # fmt: skip
 
     def _known_through(self, topic: str, q: deque, p: int, secs: int, key) -> bool:
+        """Whether partition ``p`` can hold no more records up to event time ``secs``.
+
+        True when it has a later record. When it is caught up with the broker, a producer may
+        still be writing to it (its partitions are written a few milliseconds apart), so it
+        also needs the stream to have paused for ``idle_grace_secs``, or the other partitions
+        to be more than ``allowed_lateness_secs`` of event time ahead.
+        """
         if q and key(q[-1]) > secs:
             return True
         self._refresh_end_offsets()
-        return self._partition_caught_up(topic, p)
+        if not self._partition_caught_up(topic, p):
+            return False
+        if time.monotonic() - self._last_data >= self.cfg.idle_grace_secs:
+            return True
+        queues = self.event_q if topic == self.cfg.events_topic else self.label_q
+        ahead = max((key(other[-1]) for other in queues.values() if other), default=-1)
+        return ahead > secs + self.cfg.allowed_lateness_secs
 
     # ------------------------------------------------------------------ processing
     def _advance(self, final: bool, time_slice: float = 0.5) -> None:
@@ -499,8 +542,9 @@ class StreamDetector:
             while q and q[0][1].secs <= s:
                 offset, ev = q.popleft()
                 self.next_event_offset[p] = offset + 1
-                if ev.secs < s:  # cannot happen with an event-time ordered producer; keep it visible
-                    log.warning("late event log_id=%d secs=%d < %d on partition %d", ev.log_id, ev.secs, s, p)
+                if ev.secs <= self.processed_secs:  # its second is closed: featuretools' answer has changed
+                    self._late(p, offset, ev)
+                    continue
                 conn = connection_id(ev, cfg.kind)
                 st = self.conns.get(conn)
                 if st is None:
@@ -512,6 +556,8 @@ class StreamDetector:
                 last_log[conn] = max(last_log.get(conn, -1), ev.log_id)
                 self.engine.observe(ev)
                 self.stats.events += 1
+            if not q:
+                self._drained(self.next_event_offset, self.skipped_events, p)
         now = time.monotonic()
         if self.stats.first_event_at is None:
             self.stats.first_event_at = now
@@ -615,6 +661,8 @@ class StreamDetector:
                 st.labels[lab.log_id] = (lab.malicious, lab.secs, arrival)
                 dirty.add(lab.connection)
                 self.stats.labels += 1
+            if not q:
+                self._drained(self.next_label_offset, self.skipped_labels, p)
         xs, ys, order = [], [], []
         for conn in sorted(dirty):
             st = self.conns[conn]
@@ -747,7 +795,7 @@ class StreamDetector:
             f"  alerts published   {s.alerts:,} ({s.suppressed:,} more suppressed by the cooldown)",
             f"  labels applied     {s.labels:,}; online model learnt {s.learned:,} cutoffs "
             f"({s.learned_positive:,} positive; {self.online.n_learned:,} in total with the checkpoint)",
-            f"  malformed records  {s.malformed:,} (sent to {self.cfg.dlq_topic})",
+            f"  malformed records  {s.malformed:,}, late events {s.late:,} (sent to {self.cfg.dlq_topic})",
             f"  consumer lag       {'unknown' if self.final_lag is None else f'{self.final_lag:,}'} events",
             f"  time per event     features {s.feature_secs * per_event:.1f} us, models {s.model_secs * per_event:.1f} us",
             f"  event time reached {_fmt_secs(self.processed_secs)}",

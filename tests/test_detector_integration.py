@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -20,7 +21,7 @@ import jsonschema
 import pandas as pd
 import pytest
 
-from cyberstream.kafka_io import make_consumer
+from cyberstream.kafka_io import make_consumer, make_producer
 from detector.alerts import alert_schema
 from training.data import read_events
 
@@ -52,6 +53,14 @@ def stream(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> di
     _cli("produce", "--data", str(data), "--bootstrap-servers", kafka_bootstrap, "--events-topic", topics["events"],
          "--labels-topic", topics["labels"], "--dlq-topic", topics["dlq"], "--partitions", str(PARTITIONS),
          "--label-delay", str(LABEL_DELAY), "--speed", "max", "--no-progress")  # fmt: skip
+    # Malformed messages on both input topics: the detector must dead-letter them and go on.
+    producer = make_producer(kafka_bootstrap)
+    for value in (b"not json", b'{"log_id": 1}'):
+        producer.send(topics["events"], key=b"bad", value=value, partition=0)
+    producer.send(topics["labels"], key=b"bad", value=b'{"connection": "x", "log_id": -1, "secs": 0, "label": "A"}',
+                  partition=0)  # fmt: skip
+    producer.flush()
+    producer.close()
     truth, report = read_events(data, progress=False)
     assert report.rejected == 0
     return {"root": root, "data": data, "models": models, "topics": topics, "truth": truth,
@@ -204,3 +213,44 @@ def test_online_model_learns_only_from_labels_that_arrived(stream: dict):
         assert max(arrivals) < boundary
         # ... which is at least the label delay after the cutoff it resolves.
         assert boundary > cutoff_secs + LABEL_DELAY
+
+
+def test_malformed_messages_are_dead_lettered_with_their_reason(stream: dict, uninterrupted: dict):
+    assert re.search(r"malformed records\s+3,", uninterrupted["stderr"]), uninterrupted["stderr"][-2000:]
+    consumer = make_consumer(stream["bootstrap"], stream["topics"]["dlq"], group_id=None)
+    letters, quiet = [], time.monotonic()
+    while time.monotonic() - quiet < 3:
+        for records in consumer.poll(timeout_ms=500).values():
+            letters.extend(json.loads(r.value) for r in records)
+            quiet = time.monotonic()
+    consumer.close()
+    t = stream["topics"]
+    mine = {(d["source"].split("[")[0], d["raw"], d["reason"]) for d in letters}
+    assert (t["events"], "not json", next(d["reason"] for d in letters if d["raw"] == "not json")) in mine
+    reasons = {d["raw"]: d["reason"] for d in letters}
+    assert "not valid JSON" in reasons["not json"]
+    assert "lacks field" in reasons['{"log_id": 1}']
+    assert "log_id must be a non-negative integer" in next(r for raw, r in reasons.items() if '"log_id": -1' in raw)
+
+
+def test_sigterm_commits_checkpoints_and_exits_zero(stream: dict):
+    from kafka.structs import TopicPartition
+
+    group = f"det-d-{uuid.uuid4().hex[:6]}"
+    ckpt = stream["root"] / f"{group}.ckpt"
+    args = [sys.executable, "-m", "cyberstream.cli", *_detect_args(stream, group, f"alerts-{group}",
+                                                                    "--checkpoint-every", "0.5")]  # fmt: skip
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not ckpt.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    assert "detector summary" in err
+    saved = pickle.loads(ckpt.read_bytes())["offsets"]
+    consumer = make_consumer(stream["bootstrap"], group_id=group)
+    for topic, key in ((stream["topics"]["events"], "events"), (stream["topics"]["labels"], "labels")):
+        for p, offset in saved[key].items():
+            assert consumer.committed(TopicPartition(topic, p)) == offset
+    consumer.close()
