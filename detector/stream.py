@@ -240,9 +240,8 @@ class StreamDetector:
                 if records:
                     self._last_data = time.monotonic()
                     self._enqueue(records)
-                self._advance(final=False)
-                if not any(self.event_q.values()):
-                    # Everything fetched is processed: score now rather than wait for a full
+                if self._advance(final=False):
+                    # Every complete second is processed: score now rather than wait for a full
                     # batch (latency). Scores do not depend on when this happens.
                     self._flush_scores()
                 now = time.monotonic()
@@ -483,29 +482,30 @@ class StreamDetector:
         return ahead > secs + self.cfg.allowed_lateness_secs
 
     # ------------------------------------------------------------------ processing
-    def _advance(self, final: bool, time_slice: float = 0.5) -> None:
+    def _advance(self, final: bool, time_slice: float = 0.5) -> bool:
         """Process every second that is complete; return after ``time_slice`` wall seconds
-        (between two seconds) so the loop can commit and report."""
+        (between two seconds) so the loop can commit and report. True when it stopped
+        because no complete second is left (it waits for data)."""
         cfg = self.cfg
         deadline = time.monotonic() + time_slice
         while not self.stop_requested or final:
             if not final and time.monotonic() > deadline:
-                return
+                return False
             heads = [q[0] for q in self.event_q.values() if q]
             if not heads:
-                return
+                return True
             s = min(item[1].secs for item in heads)
             if not final:
                 for p, q in self.event_q.items():
                     if not self._known_through(cfg.events_topic, q, p, s, self._event_secs):
-                        return
+                        return True
             if self.next_boundary is None:
                 self.next_boundary = (s // cfg.learn_every_secs + 1) * cfg.learn_every_secs
                 self.next_sweep = s + self.idle_drop_secs // 4
             if s >= self.next_boundary:
                 boundary = (s // cfg.learn_every_secs) * cfg.learn_every_secs
                 if not final and not self._labels_known_before(boundary):
-                    return
+                    return True
                 self._compute_features()  # online scores with the model as it was before this step
                 self._learn_until(boundary)
                 self.next_boundary = boundary + cfg.learn_every_secs
@@ -516,7 +516,8 @@ class StreamDetector:
             if len(self.queued) + self.n_scored >= cfg.batch_size:
                 self._flush_scores()
             if cfg.max_events is not None and self.stats.events >= cfg.max_events:
-                return
+                return False
+        return False
 
     @staticmethod
     def _event_secs(item) -> int:
