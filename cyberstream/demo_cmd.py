@@ -49,6 +49,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--idle-timeout", type=float, default=8.0,
                         help="wall seconds without new events after which the detector ends (default 8)")
     parser.add_argument("--quiet", action="store_true", help="do not print every alert, only the summary")
+    parser.add_argument("--keep-broker", action="store_true",
+                        help="leave a local broker the demo started running, to read the alert topic "
+                        "afterwards (`cyberstream alerts`; stop it with `cyberstream broker stop`)")
 
 
 class Demo:
@@ -178,5 +181,10 @@ def _run(demo: Demo, args: argparse.Namespace, started: float) -> int:
         summary.append("--quiet")
     demo.run(summary)
     checkpoint.unlink(missing_ok=True)
-    print(f"\ndemo finished in {time.monotonic() - started:,.0f} s; alert topic: {topics['alerts']} on {bootstrap}")
+    where = f"alert topic: {topics['alerts']} on {bootstrap}"
+    if demo.broker is not None and args.keep_broker:
+        demo.broker = None  # not stopped: `cyberstream alerts` can read it; `cyberstream broker stop` ends it
+    elif demo.broker is not None:
+        where += " (the demo's broker is stopped now; --keep-broker leaves it running)"
+    print(f"\ndemo finished in {time.monotonic() - started:,.0f} s; {where}")
     return 0
