@@ -113,6 +113,12 @@ def parse_row(fields: list[str], log_id: int) -> tuple[Event, bool]:
     """Parse the fields of one CSV row into an event and its label (True = malicious)."""
     if len(fields) != len(COLUMNS):
         raise SchemaError(f"expected {len(COLUMNS)} columns ({HEADER}), got {len(fields)}")
+    for f in fields:  # files are read with errors="surrogateescape": bad bytes become lone surrogates
+        if not f.isascii():
+            try:
+                f.encode("utf-8")
+            except UnicodeEncodeError:
+                raise SchemaError("row is not valid UTF-8") from None
     secs = parse_secs(fields[0])
     ids = [_identity(n, v) for n, v in zip(IDENTITY_FIELDS, fields[1:5], strict=True)]
     attrs = [_attribute(v) for v in fields[5:9]]

@@ -153,11 +153,6 @@ def read_records(path: Path) -> Iterator[Record]:
 
 def parse_record(log_id: int, fields: list[str], raw: str):
     """The record's event and label; :class:`SchemaError` if it breaks the schema or is not UTF-8."""
-    if not raw.isascii():
-        try:
-            raw.encode("utf-8")
-        except UnicodeEncodeError:
-            raise SchemaError("row is not valid UTF-8") from None
     return parse_row(fields, log_id)
 
 

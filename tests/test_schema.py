@@ -136,3 +136,25 @@ def test_event_messages_with_bad_field_types_are_rejected(field, value):
     with pytest.raises(SchemaError) as exc:
         decode_event(json.dumps(obj).encode())
     assert field in exc.value.reason
+
+
+def test_a_row_that_is_not_utf8_is_rejected_with_its_reason():
+    from cyberstream.schema import SchemaError, parse_row
+
+    raw = b"5,U1@DOM1,U1@DOM1,C1,C\xff2,NTLM,Network,LogOn,Success,N".decode("utf-8", "surrogateescape")
+    with pytest.raises(SchemaError, match="not valid UTF-8"):
+        parse_row(raw.split(","), 0)
+
+
+def test_training_reader_counts_a_non_utf8_row_instead_of_crashing(tmp_path):
+    from training.data import read_events
+
+    path = tmp_path / "bad.csv"
+    path.write_bytes(
+        b"secs,src_name,dest_name,src_host,dest_host,auth_type,login_type,stage,result,label\n"
+        b"1,U1@DOM1,U1@DOM1,C1,C2,NTLM,Network,LogOn,Success,N\n"
+        b"2,U1@DOM1,U1@DOM1,C1,C\xff2,NTLM,Network,LogOn,Success,N\n"
+    )
+    events, report = read_events(path, progress=False)
+    assert len(events) == 1 and report.rejected == 1
+    assert "not valid UTF-8" in next(iter(report.reasons))

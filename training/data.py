@@ -85,7 +85,7 @@ def read_events(path: str | os.PathLike, *, progress: bool = True) -> tuple[pd.D
     report = ReadReport(str(path))
     columns: dict[str, list] = {c: [] for c in EVENT_COLUMNS}
     size = path.stat().st_size
-    with open(path, newline="", encoding="utf-8") as fh, tqdm(
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as fh, tqdm(
         total=size, unit="B", unit_scale=True, desc="read CSV", disable=not progress, leave=False
     ) as bar:
         header = fh.readline()
