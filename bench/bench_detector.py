@@ -37,7 +37,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cyberstream.broker import running_broker  # noqa: E402
-from cyberstream.kafka_io import ensure_topics, make_consumer  # noqa: E402
+from cyberstream.kafka_io import ensure_topics, make_consumer, read_topic  # noqa: E402
 
 PARTITIONS = 4
 
@@ -125,17 +125,6 @@ class Watcher(threading.Thread):
         self.consumer.close()
 
 
-def read_alerts(bootstrap: str, topic: str) -> list[dict]:
-    consumer = make_consumer(bootstrap, topic, group_id=None)
-    out, quiet = [], time.monotonic()
-    while time.monotonic() - quiet < 3:
-        for recs in consumer.poll(timeout_ms=500).values():
-            out.extend(json.loads(r.value) for r in recs)
-            quiet = time.monotonic()
-    consumer.close()
-    return out
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path)
@@ -184,7 +173,7 @@ def main() -> int:
             det.join()
             watcher.stop = True
             watcher.join()
-            alerts = read_alerts(bootstrap, lt["alerts"])
+            alerts = read_topic(bootstrap, lt["alerts"])
     lat = np.array([a["detected_at"] - watcher.seen[a["log_id"]] for a in alerts if a["log_id"] in watcher.seen])
     print(f"data: {data} ({rows:,} events); model: {model_dir}; feature engine: {args.features}")
     print("\n== throughput (whole file, both models scoring every cutoff)")

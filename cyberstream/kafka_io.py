@@ -167,3 +167,19 @@ def dead_letter(source: str, reason: str, raw: bytes | str | None) -> bytes:
     return json_bytes(
         {"source": source, "reason": reason, "raw": raw_text, "raw_encoding": encoding, "at": round(time.time(), 3)}
     )
+
+
+def read_topic(bootstrap: str, topic: str, quiet_secs: float = 3.0, timeout: float = 60.0) -> list[Any]:
+    """Every message value of ``topic``, JSON-decoded, read from the start (no consumer group)
+    until nothing new has come for ``quiet_secs`` (or ``timeout`` passed): for scripts and tests."""
+    consumer = make_consumer(bootstrap, topic, group_id=None, client_id="cyberstream-reader")
+    values: list[Any] = []
+    start = last = time.monotonic()
+    try:
+        while time.monotonic() - last < quiet_secs and time.monotonic() - start < timeout:
+            for records in consumer.poll(timeout_ms=500).values():
+                values.extend(json.loads(r.value) for r in records)
+                last = time.monotonic()
+    finally:
+        consumer.close()
+    return values

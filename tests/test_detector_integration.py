@@ -21,7 +21,7 @@ import jsonschema
 import pandas as pd
 import pytest
 
-from cyberstream.kafka_io import make_consumer, make_producer
+from cyberstream.kafka_io import make_consumer, make_producer, read_topic
 from detector.alerts import alert_schema
 from training.data import read_events
 
@@ -77,18 +77,6 @@ def _detect_args(stream: dict, group: str, alerts_topic: str, *extra: str) -> li
     ]  # fmt: skip
 
 
-def _read_alerts(bootstrap: str, topic: str, timeout: float = 15.0) -> list[dict]:
-    consumer = make_consumer(bootstrap, topic, group_id=None)
-    alerts, deadline, quiet_since = [], time.monotonic() + timeout, time.monotonic()
-    while time.monotonic() < deadline and time.monotonic() - quiet_since < 3:
-        batch = consumer.poll(timeout_ms=500)
-        for records in batch.values():
-            alerts.extend(json.loads(r.value) for r in records)
-            quiet_since = time.monotonic()
-    consumer.close()
-    return alerts
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(stream: dict) -> dict:
     """One detector run over the whole stream, recording features for the parity check."""
@@ -97,7 +85,7 @@ def uninterrupted(stream: dict) -> dict:
     recorded = stream["root"] / "features-a.jsonl"
     proc = _cli(*_detect_args(stream, group, alerts_topic, "--idle-timeout", "4", "--record-features",
                               str(recorded), "--record-every", "10"))  # fmt: skip
-    return {"alerts": _read_alerts(stream["bootstrap"], alerts_topic), "recorded": recorded, "stderr": proc.stderr}
+    return {"alerts": read_topic(stream["bootstrap"], alerts_topic), "recorded": recorded, "stderr": proc.stderr}
 
 
 def test_alerts_appear_for_the_campaigns_with_unique_ids(stream: dict, uninterrupted: dict):
@@ -178,7 +166,7 @@ def test_restart_after_sigkill_yields_the_same_alerts(stream: dict, uninterrupte
 
     restarted = _cli(*_detect_args(stream, group, alerts_topic, "--idle-timeout", "4"))
     assert "restored checkpoint" in restarted.stderr
-    alerts = _read_alerts(stream["bootstrap"], alerts_topic)
+    alerts = read_topic(stream["bootstrap"], alerts_topic)
     by_id = {a["alert_id"]: a for a in alerts}
     expected = {a["alert_id"]: a for a in uninterrupted["alerts"]}
     assert set(by_id) == set(expected)
@@ -217,13 +205,7 @@ def test_online_model_learns_only_from_labels_that_arrived(stream: dict):
 
 def test_malformed_messages_are_dead_lettered_with_their_reason(stream: dict, uninterrupted: dict):
     assert re.search(r"malformed records\s+3,", uninterrupted["stderr"]), uninterrupted["stderr"][-2000:]
-    consumer = make_consumer(stream["bootstrap"], stream["topics"]["dlq"], group_id=None)
-    letters, quiet = [], time.monotonic()
-    while time.monotonic() - quiet < 3:
-        for records in consumer.poll(timeout_ms=500).values():
-            letters.extend(json.loads(r.value) for r in records)
-            quiet = time.monotonic()
-    consumer.close()
+    letters = read_topic(stream["bootstrap"], stream["topics"]["dlq"])
     t = stream["topics"]
     mine = {(d["source"].split("[")[0], d["raw"], d["reason"]) for d in letters}
     assert (t["events"], "not json", next(d["reason"] for d in letters if d["raw"] == "not json")) in mine
