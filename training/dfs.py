@@ -220,18 +220,19 @@ def load_features(path: str | os.PathLike) -> list[ft.Feature]:
 # ----------------------------------------------------------------------------- feature matrix
 
 
-def _detector_engine():
-    """``detector.features.feature_matrix`` if the detector's engine is installed, else None."""
-    try:
-        from detector.features import feature_matrix as engine_feature_matrix  # noqa: PLC0415
-    except ImportError:
-        return None
-    return engine_feature_matrix
+def _engine_matrix(
+    events: pd.DataFrame, cutoffs: pd.DataFrame, features: list[ft.Feature], window_secs: int, kind: str,
+    engine: str, base_epoch: int, progress: bool,
+) -> pd.DataFrame:
+    """``detector.features.feature_matrix`` (the one feature interface), aligned with ``cutoffs``."""
+    from detector.features import feature_matrix as engine_feature_matrix  # noqa: PLC0415
 
-
-def detector_engine_available() -> bool:
-    """Whether the detector's feature engine (``detector.features``) is installed."""
-    return _detector_engine() is not None
+    order = events.sort_values(["secs", "log_id"], kind="stable")  # engines stream events in time order
+    with _quiet_featuretools():
+        fm = engine_feature_matrix(order, cutoffs[["connection_id", "cutoff_secs"]], features, window_secs,
+                                   kind=kind, engine=engine, base_epoch=base_epoch, progress=progress)
+    fm.index = cutoffs.index
+    return _normalise_dtypes(fm, features)
 
 
 def feature_matrix(
@@ -248,24 +249,16 @@ def feature_matrix(
     """Features of each cutoff (``connection_id``, ``cutoff_secs``) and the engine that computed them.
 
     Rows are aligned with ``cutoffs`` (same index, same order), columns are the feature
-    names (numeric as float64, categorical as object). ``engine="compiled"`` uses the
-    detector's compiled engine (``detector.features``) and falls back, with a warning, to
-    featuretools when it is not installed; ``engine="oracle"`` is featuretools itself
-    (:func:`batched_oracle_feature_matrix`, or :func:`oracle_feature_matrix` for features
-    the batched form cannot take). Returns ``(matrix, "compiled" | "oracle-batched" | "oracle")``.
+    names (numeric as float64, categorical as object). ``engine="compiled"`` is the
+    detector's compiled engine; ``engine="oracle"`` is featuretools itself, through
+    :func:`batched_oracle_feature_matrix` (few calls) or, for features the batched form
+    cannot take, :func:`oracle_feature_matrix`. Returns ``(matrix, "compiled" |
+    "oracle-batched" | "oracle")``.
     """
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
-    detector_fm = _detector_engine() if engine == "compiled" else None
-    if detector_fm is not None:
-        order = events.sort_values(["secs", "log_id"], kind="stable")  # the engine streams events in time order
-        with _quiet_featuretools():
-            fm = detector_fm(order, cutoffs[["connection_id", "cutoff_secs"]], features, window_secs, kind=kind,
-                             engine=engine, base_epoch=base_epoch, progress=progress)
-        fm.index = cutoffs.index
-        return _normalise_dtypes(fm, features), engine
     if engine == "compiled":
-        log.warning("detector.features is not installed: computing features with featuretools (slower)")
+        return _engine_matrix(events, cutoffs, features, window_secs, kind, engine, base_epoch, progress), engine
     if all(batch_safe(f, kind) for f in features):
         fm = batched_oracle_feature_matrix(events, cutoffs, features, window_secs, kind, base_epoch=base_epoch,
                                            progress=progress)
@@ -284,44 +277,9 @@ def oracle_feature_matrix(
     base_epoch: int = DEFAULT_BASE_EPOCH,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """The definition: per distinct cutoff time ``t``, featuretools on the events so far.
-
-    For each ``t``: ``build_entityset`` of the events of the connections that have a cutoff
-    at ``t``, with ``t - window < secs <= t``, and ``calculate_feature_matrix`` with
-    ``training_window=window``. Restricting the EntitySet to those connections and to the
-    window changes nothing: a connection's features depend only on its own events, and
-    rows (and parents whose last event is) outside the window are filtered out anyway
-    (featuretools keeps ``time > t - window``; no saved feature reads a parent's
-    first-seen time). ``tests/test_training.py`` checks this against the full EntitySet.
-    """
-    lf = log_frame(events, kind, base_epoch).sort_values(["secs", "log_id"], kind="stable")
-    conn_col = target_index(kind)
-    by_conn = {c: g for c, g in lf.groupby(conn_col, sort=False)}
-    names = [f.get_name() for f in features]
-    out: dict[tuple[str, int], pd.Series] = {}
-    groups = cutoffs.groupby("cutoff_secs", sort=True)["connection_id"]
-    window = f"{int(window_secs)} seconds"
-    for t, conns in tqdm(groups, total=groups.ngroups, desc="features (oracle)", unit="t", disable=not progress,
-                         leave=False):
-        t = int(t)
-        wanted = list(dict.fromkeys(conns))
-        parts = []
-        for c in wanted:
-            g = by_conn.get(c)
-            if g is None:
-                raise KeyError(f"cutoff for unknown connection {c!r}")
-            s = g["secs"].to_numpy()
-            parts.append(g.iloc[np.searchsorted(s, t - window_secs, "right"):np.searchsorted(s, t, "right")])
-        es = build_entityset(pd.concat(parts), kind, base_epoch, prepared=True)
-        ct = pd.DataFrame({conn_col: wanted, "time": [to_time(t, base_epoch)] * len(wanted)})
-        with _quiet_featuretools():
-            fm = ft.calculate_feature_matrix(features, es, cutoff_time=ct, training_window=window,
-                                             cutoff_time_in_index=False, verbose=False)
-        for c, row in zip(fm.index, fm[names].itertuples(index=False, name=None), strict=True):
-            out[(c, t)] = row
-    rows = [out[(c, int(t))] for c, t in zip(cutoffs["connection_id"], cutoffs["cutoff_secs"], strict=True)]
-    fm = pd.DataFrame.from_records(rows, columns=names, index=cutoffs.index)
-    return _normalise_dtypes(fm, features)
+    """The definition: featuretools on the events so far, per cutoff time (the detector's
+    oracle engine, ``detector.features.oracle``)."""
+    return _engine_matrix(events, cutoffs, features, window_secs, kind, "oracle", base_epoch, progress)
 
 
 def batch_safe(feature: ft.Feature, kind: str = DEFAULT_CONNECTION) -> bool:

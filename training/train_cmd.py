@@ -194,7 +194,7 @@ def train(args: argparse.Namespace, spec, classifiers: list[str]) -> int:
         )
     if n_pos[cut.VALID] == 0:
         log.warning("no positive cutoff after secs %d: validation metrics will be missing", train_until)
-    engine = args.features if dfs.detector_engine_available() else "oracle"
+    engine = args.features
     max_cutoffs = args.max_cutoffs if args.max_cutoffs is not None else DEFAULT_MAX_CUTOFFS[engine]
     plan = cut.SamplingPlan(args.negatives_per_positive, args.valid_negatives, max_cutoffs, args.all_cutoffs,
                             args.seed)
