@@ -195,7 +195,6 @@ class StreamDetector:
         #: caller sets it to a list (tests check that no label is used before it arrived).
         self.learn_log: list | None = None
         self._recorder = open(cfg.record_features, "a") if cfg.record_features else None
-        self.dlq_sent = 0
 
     # ------------------------------------------------------------------ lifecycle
     def request_stop(self, *_: Any) -> None:
@@ -436,7 +435,6 @@ class StreamDetector:
         self.stats.malformed += 1
         value = dead_letter(source=f"{tp.topic}[{tp.partition}]@{record.offset}", reason=reason, raw=record.value)
         self.producer.send(self.cfg.dlq_topic, key=record.key, value=value).add_errback(self.send_errors.append)
-        self.dlq_sent += 1
 
     def _refresh_end_offsets(self, force: bool = False) -> None:
         now = time.monotonic()

@@ -165,6 +165,31 @@ class FeatureEngine(Protocol):
         """Sizes and counters of the engine's state."""
 
 
+class EngineSettings:
+    """What every engine is built from: the saved definitions and the window's settings."""
+
+    def __init__(
+        self,
+        feature_defs: Sequence[ft.FeatureBase],
+        window_secs: int,
+        *,
+        kind: str,
+        base_epoch: int,
+        max_events_per_connection: int | None,
+        max_window_secs: int | None = None,
+    ) -> None:
+        window_secs = int(window_secs)
+        if window_secs < 1 or (max_window_secs is not None and window_secs > max_window_secs):
+            upper = f" .. {max_window_secs}" if max_window_secs is not None else " or more"
+            raise ValueError(f"window must be 1{upper} seconds, got {window_secs}")
+        self.defs = list(feature_defs)
+        self.names = feature_names(self.defs)
+        self.window_secs = window_secs
+        self.kind = kind
+        self.base_epoch = base_epoch
+        self.max_events = max_events_per_connection
+
+
 def frame(cutoffs: Sequence[Cutoff], kind: str, columns: Mapping[str, object]) -> pd.DataFrame:
     """Assemble the output DataFrame (columns already in saved order and dtype)."""
     return pd.DataFrame(dict(columns), index=cutoff_index(cutoffs, kind))

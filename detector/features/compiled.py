@@ -55,8 +55,8 @@ from . import numeric as nm
 from .base import (
     DEFAULT_MAX_EVENTS_PER_CONNECTION,
     Cutoff,
+    EngineSettings,
     EngineStats,
-    feature_names,
     frame,
     make_column,
 )
@@ -199,7 +199,7 @@ class _Level:
         return self.a.nbytes() + sum(m.nbytes for m in self.counts.values())
 
 
-class CompiledEngine:
+class CompiledEngine(EngineSettings):
     """Streaming feature engine with featuretools' semantics (see module docstring)."""
 
     def __init__(
@@ -211,15 +211,9 @@ class CompiledEngine:
         base_epoch: int = DEFAULT_BASE_EPOCH,
         max_events_per_connection: int | None = DEFAULT_MAX_EVENTS_PER_CONNECTION,
     ) -> None:
-        window_secs = int(window_secs)
-        if not 1 <= window_secs <= _MAX_WINDOW:
-            raise ValueError(f"window must be 1 .. {_MAX_WINDOW} seconds, got {window_secs}")
-        self.defs = list(feature_defs)
-        self.names = feature_names(self.defs)
-        self.window_secs = window_secs
-        self.kind = kind
-        self.base_epoch = base_epoch
-        self.max_events = max_events_per_connection
+        super().__init__(feature_defs, window_secs, kind=kind, base_epoch=base_epoch,
+                         max_events_per_connection=max_events_per_connection, max_window_secs=_MAX_WINDOW)
+        window_secs = self.window_secs
         self.plan = compile_plan(self.defs, kind)
         self.fallback: OracleEngine | None = None
         if self.plan.fallback:

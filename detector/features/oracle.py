@@ -37,8 +37,8 @@ from training.entityset import build_entityset, target_index, to_time
 from .base import (
     DEFAULT_MAX_EVENTS_PER_CONNECTION,
     Cutoff,
+    EngineSettings,
     EngineStats,
-    feature_names,
     frame,
     make_column,
     output_kind,
@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 _DUMMY = "\x00cyberstream-oracle-filler"
 
 
-class OracleEngine:
+class OracleEngine(EngineSettings):
     """Feature engine that calls featuretools on the window's events (slow, exact)."""
 
     def __init__(
@@ -61,14 +61,8 @@ class OracleEngine:
         base_epoch: int = DEFAULT_BASE_EPOCH,
         max_events_per_connection: int | None = DEFAULT_MAX_EVENTS_PER_CONNECTION,
     ) -> None:
-        if int(window_secs) < 1:
-            raise ValueError(f"window must be at least 1 second, got {window_secs}")
-        self.defs = list(feature_defs)
-        self.names = feature_names(self.defs)
-        self.window_secs = int(window_secs)
-        self.kind = kind
-        self.base_epoch = base_epoch
-        self.max_events = max_events_per_connection
+        super().__init__(feature_defs, window_secs, kind=kind, base_epoch=base_epoch,
+                         max_events_per_connection=max_events_per_connection)
         self._conn_fields = connection_fields(kind)
         self._kinds = {n: output_kind(f) for f in self.defs for n in f.get_feature_names()}
         self._events: dict[str, deque[tuple]] = {}
