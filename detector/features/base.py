@@ -94,6 +94,9 @@ def make_column(values: object, kind: str, categories: Sequence[str] | None = No
         cats = sorted(categories) if categories is not None else None
         return pd.Categorical(values, categories=cats)
     if kind == "int":
+        if isinstance(values, np.ndarray) and values.dtype.kind == "f":
+            mask = np.isnan(values)
+            return pd.arrays.IntegerArray(np.where(mask, 0, values).astype(np.int64), mask)
         arr = np.asarray(values, dtype=object)
         mask = pd.isna(arr)
         ints = np.where(mask, 0, arr).astype(np.int64)

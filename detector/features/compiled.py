@@ -9,7 +9,7 @@ event time (the live time), updated per event by the numba kernels of :mod:`.ker
   per attribute column (``auth_type`` ...) the window count of each value (NUM_UNIQUE, MODE);
 * per pair: its values of the streams the plan aggregates over a connection's pairs
   (``SUM(log.secs)``, ``MODE(log.stage)`` ...), recomputed when the pair changes;
-* per connection: its pairs (a linked list) and, per pair column, each pair's own bin.
+* per connection: its pairs (a contiguous list in a shared pool).
 
 ``features_at`` sorts its cutoffs by time and moves the live state forward through them:
 events observed up to ``t`` are applied, events with ``secs <= t - window`` evicted, then
@@ -70,7 +70,12 @@ class Vocab:
     def __init__(self) -> None:
         self.values: list[str] = []
         self.index: dict[object, int] = {}
-        self._sorted: tuple[int, np.ndarray, np.ndarray, pd.CategoricalDtype] | None = None
+        self._done = 0
+        self._sorted = np.empty(0, dtype=object)  # values in sorted order
+        self._by_rank = np.empty(0, dtype=np.int64)  # code of each sorted value
+        self._rank = np.empty(0, dtype=np.int64)  # position of each code in sorted order
+        self._array = np.empty(0, dtype=object)  # values by code
+        self._dtype: pd.CategoricalDtype | None = None
 
     def code(self, value: str) -> int:
         c = self.index.get(value)
@@ -79,36 +84,64 @@ class Vocab:
             self.values.append(value)
         return c
 
-    def _order(self) -> tuple[int, np.ndarray, np.ndarray, pd.CategoricalDtype]:
-        """Sorted order, updated by inserting new values (vocabularies only grow)."""
-        if self._sorted is None or self._sorted[0] != len(self.values):
-            done = self._sorted[0] if self._sorted else 0
-            old_by_rank = self._sorted[2] if self._sorted else np.empty(0, np.int64)
-            old_sorted = self._sorted[3].categories.to_numpy(dtype=object) if self._sorted else np.empty(0, object)
-            new = np.array(self.values[done:], dtype=object)
-            order = np.argsort(new, kind="stable")
-            new_sorted = new[order]
-            at = np.searchsorted(old_sorted, new_sorted) if len(old_sorted) else np.zeros(len(new), np.int64)
-            by_rank = np.insert(old_by_rank, at, done + order).astype(np.int64)
-            rank = np.empty(len(by_rank), dtype=np.int64)
-            rank[by_rank] = np.arange(len(by_rank))
-            dtype = pd.CategoricalDtype(np.insert(old_sorted, at, new_sorted))
-            self._sorted = (len(self.values), rank, by_rank, dtype)
-        return self._sorted
+    def _update(self) -> None:
+        """Insert values added since the last call into the sorted order (vocabularies only grow)."""
+        done = self._done
+        if done == len(self.values):
+            return
+        new = np.array(self.values[done:], dtype=object)
+        order = np.argsort(new, kind="stable")
+        new_sorted = new[order]
+        at = np.searchsorted(self._sorted, new_sorted) if len(self._sorted) else np.zeros(len(new), np.int64)
+        self._by_rank = np.insert(self._by_rank, at, done + order).astype(np.int64)
+        self._sorted = np.insert(self._sorted, at, new_sorted)
+        self._rank = np.empty(len(self._by_rank), dtype=np.int64)
+        self._rank[self._by_rank] = np.arange(len(self._by_rank))
+        self._array = np.concatenate([self._array, new])
+        self._done = len(self.values)
 
     def rank(self) -> np.ndarray:
         """``rank[code]`` = position of the value in sorted order."""
-        return self._order()[1]
+        self._update()
+        return self._rank
 
-    def by_rank(self) -> np.ndarray:
-        """``by_rank[position in sorted order]`` = code."""
-        return self._order()[2]
+    def categoricals(self, columns: Sequence[np.ndarray]) -> list[pd.Categorical]:
+        """Code arrays (-1 = missing) as pandas Categoricals with one shared dtype: the whole
+        sorted vocabulary when it is small, else the values that occur, sorted
+        (featuretools' categories are the values of its EntitySet, so neither is "right")."""
+        self._update()
+        if len(self.values) <= _SMALL_VOCAB:
+            if self._dtype is None or len(self._dtype.categories) != len(self.values):
+                self._dtype = _dtype(self._sorted)
+            if not len(self.values):
+                return [_from_codes(np.full(len(c), -1, dtype=np.int64), self._dtype) for c in columns]
+            return [_from_codes(np.where(c >= 0, self._rank[np.maximum(c, 0)], -1), self._dtype) for c in columns]
+        used = np.unique(np.concatenate([c[c >= 0] for c in columns]))
+        order = np.argsort(self._rank[used])
+        position = np.empty(len(used), dtype=np.int64)
+        position[order] = np.arange(len(used))
+        dtype = _dtype(self._array[used[order]])
+        out = []
+        for c in columns:
+            ranked = np.full(len(c), -1, dtype=np.int64)
+            ok = c >= 0
+            ranked[ok] = position[np.searchsorted(used, c[ok])]
+            out.append(_from_codes(ranked, dtype))
+        return out
 
-    def categorical(self, codes: np.ndarray) -> pd.Categorical:
-        """Codes (-1 = missing) as a pandas Categorical with sorted categories."""
-        _, rank, _, dtype = self._order()
-        ranked = np.where(codes >= 0, rank[np.maximum(codes, 0)] if len(rank) else -1, -1)
-        return pd.Categorical.from_codes(ranked, dtype=dtype, validate=False)
+
+#: vocabularies up to this size use all their values as categories (one cached dtype)
+_SMALL_VOCAB = 256
+
+
+def _dtype(sorted_values: np.ndarray) -> pd.CategoricalDtype:
+    # The values are distinct by construction: skip pandas' uniqueness check (hashing the
+    # categories of every batch cost more than computing the features).
+    return pd.CategoricalDtype._from_fastpath(pd.Index(sorted_values, dtype=object), False)
+
+
+def _from_codes(codes: np.ndarray, dtype: pd.CategoricalDtype) -> pd.Categorical:
+    return pd.Categorical.from_codes(codes, dtype=dtype, validate=False)
 
 
 def _grow_rows(mat: np.ndarray, rows: int, fill) -> np.ndarray:
@@ -193,23 +226,25 @@ class CompiledEngine(EngineSettings):
         self.P = _Slots(
             1024,
             n=(np.int64, 0), sum=(np.int64, 0), head=(np.int64, -1), last=(np.int64, -1),
-            pend=(np.int64, 0), conn=(np.int64, -1), nxt=(np.int64, -1), prv=(np.int64, -1),
+            pend=(np.int64, 0), conn=(np.int64, -1), pos=(np.int64, -1),
             dirty=(np.uint8, 1), inz=(np.uint8, 0), zbuf=(np.int64, -1), cnt=(np.int64, 0, W),
             vnum=(np.float64, np.nan, max(len(self._s_kind), 1)), vcat=(np.int64, -1, max(len(self._cs_attr), 1)),
-            local=(np.int64, -1, K), code=(np.int64, -1, K),
+            code=(np.int64, -1, K),
         )  # fmt: skip
         # -- connections
         self._conn_index: dict[str, int] = {}
         self._conn_ids: list[str | None] = []
-        self._conn_local: list[list[dict[int, int]] | None] = []
         self._free_conns: list[int] = []
         self.C = _Slots(
             1024,
-            n=(np.int64, 0), sum=(np.int64, 0), head=(np.int64, -1), last=(np.int64, -1), first=(np.int64, -1),
-            cnt=(np.int64, 0, W), nlocal=(np.int64, 0, K),
+            n=(np.int64, 0), sum=(np.int64, 0), head=(np.int64, -1), last=(np.int64, -1),
+            pstart=(np.int64, 0), plen=(np.int64, 0), pcap=(np.int64, 0),
+            cnt=(np.int64, 0, W),
             **{"col_" + c: (np.int64, -1) for c in self._target_cols},
         )  # fmt: skip
-        self._max_local = 1
+        # each connection's pairs: pool[pstart : pstart + plen] (room for pcap)
+        self._pool = np.full(4096, -1, dtype=np.int64)
+        self._pool_top = 0
         # -- the window's events, in time order (logical index = physical + meta[BASE])
         self.S = _Slots(
             4096,
@@ -383,46 +418,65 @@ class CompiledEngine(EngineSettings):
         self._observed += len(pairs)
 
     def _pair_slots(self, keys: Sequence[tuple]) -> np.ndarray:
-        """Slots of pairs (src_name, dest_name, src_host, dest_host), creating new ones."""
+        """Slots of pairs (src_name, dest_name, src_host, dest_host), creating new ones in bulk."""
         index = self._pair_index
         slots = [index.get(key) for key in keys]
         if None not in slots:
             return np.array(slots, dtype=np.int64)
-        P, C = self.P, self.C
-        for i, slot in enumerate(slots):
-            if slot is not None:
-                continue
-            key = keys[i]
-            slot = index.get(key)  # the same new key may occur twice
-            if slot is None:
-                if self._free_pairs:
-                    slot = self._free_pairs.pop()
-                    self._pair_key[slot] = key
-                else:
-                    slot = len(self._pair_key)
-                    self._pair_key.append(key)
-                    P.ensure(slot + 1)
-                index[key] = slot
-                conn_id = SEPARATOR.join([key[j] for j in self._conn_pos])
-                conn = self._conn_slot(conn_id, key)
-                P.conn[slot] = conn
-                first = int(C.first[conn])  # link the pair at the head of its connection's list
-                P.nxt[slot], P.prv[slot] = first, -1
-                if first >= 0:
-                    P.prv[first] = slot
-                C.first[conn] = slot
-                local_all = self._conn_local[conn]
-                for j, col in enumerate(self._pair_cols):
-                    code = self.vocab[col].code(self._column_value(col, key, conn_id))
-                    local = local_all[j]
-                    b = local.get(code)
-                    if b is None:
-                        b = local[code] = len(local)
-                        C.nlocal[conn, j] = len(local)
-                        self._max_local = max(self._max_local, len(local))
-                    P.code[slot, j], P.local[slot, j] = code, b
-            slots[i] = slot
-        return np.array(slots, dtype=np.int64)
+        new_keys = list(dict.fromkeys(key for key, slot in zip(keys, slots, strict=True) if slot is None))
+        m = len(new_keys)
+        free = self._free_pairs
+        reused = free[len(free) - min(m, len(free)) :]
+        del free[len(free) - len(reused) :]
+        fresh = list(range(len(self._pair_key), len(self._pair_key) + m - len(reused)))
+        self._pair_key.extend([None] * len(fresh))
+        new_slots = reused + fresh
+        for key, slot in zip(new_keys, new_slots, strict=True):
+            index[key] = slot
+            self._pair_key[slot] = key
+        self.P.ensure(len(self._pair_key))
+        pos = self._conn_pos
+        conn_ids = [SEPARATOR.join([key[j] for j in pos]) for key in new_keys]
+        conn_index = self._conn_index
+        conns = [conn_index.get(c) for c in conn_ids]
+        for i, c in enumerate(conns):
+            if c is None:
+                conns[i] = self._conn_slot(conn_ids[i], new_keys[i])
+        slot_arr = np.array(new_slots, dtype=np.int64)
+        conn_arr = np.array(conns, dtype=np.int64)
+        self.P.conn[slot_arr] = conn_arr
+        for j, col in enumerate(self._pair_cols):
+            vocab = self.vocab[col]
+            values = [self._column_value(col, key, cid) for key, cid in zip(new_keys, conn_ids, strict=True)]
+            self.P.code[slot_arr, j] = [vocab.code(v) for v in values]
+        self._link(slot_arr, conn_arr)
+        return np.array([index[key] if slot is None else slot for key, slot in zip(keys, slots, strict=True)],
+                        dtype=np.int64)  # fmt: skip
+
+    def _link(self, pairs: np.ndarray, conns: np.ndarray) -> None:
+        """Append new pairs to their connections' lists (contiguous: a cutoff reads one sweep)."""
+        C = self.C
+        done = 0
+        while done < len(pairs):
+            n, self._pool_top = k.link_pairs(pairs[done:], conns[done:], C.pstart, C.plen, C.pcap, self._pool,
+                                             self.P.pos, self._pool_top)  # fmt: skip
+            done += n
+            if done < len(pairs):
+                self._compact_pool(4 * (len(pairs) - done) + 2 * int(C.plen[conns[done]]))
+
+    def _compact_pool(self, extra: int) -> None:
+        """Rewrite the pool with only live connections' lists (and room for ``extra`` more)."""
+        C = self.C
+        live = np.flatnonzero(C.pcap[: len(self._conn_ids)] > 0)
+        caps = C.pcap[live]
+        size = int(caps.sum())
+        pool = np.full(max(2 * (size + extra), 4096), -1, dtype=np.int64)
+        starts = np.cumsum(caps) - caps
+        for c, start in zip(live.tolist(), starts.tolist(), strict=True):
+            n, old = int(C.plen[c]), int(C.pstart[c])
+            pool[start : start + n] = self._pool[old : old + n]
+        C.pstart[live] = starts
+        self._pool, self._pool_top = pool, size
 
     def _column_value(self, col: str, key: tuple, conn_id: str) -> str:
         if col in IDENTITY_FIELDS:
@@ -437,18 +491,14 @@ class CompiledEngine(EngineSettings):
         slot = self._conn_index.get(conn_id)
         if slot is not None:
             return slot
-        local = [{} for _ in self._pair_cols]
         if self._free_conns:
             slot = self._free_conns.pop()
             self._conn_ids[slot] = conn_id
-            self._conn_local[slot] = local
         else:
             slot = len(self._conn_ids)
             self._conn_ids.append(conn_id)
-            self._conn_local.append(local)
             self.C.ensure(slot + 1)
         self._conn_index[conn_id] = slot
-        self.C.nlocal[slot] = 0
         for col in self._target_cols:
             getattr(self.C, "col_" + col)[slot] = self.vocab[col].code(self._column_value(col, key, conn_id))
         return slot
@@ -503,8 +553,8 @@ class CompiledEngine(EngineSettings):
         applied = k.step(
             self._meta, self.window_secs, self.max_events or 0, until,
             S.secs, S.pair, S.conn, S.next_p, S.next_c, S.dead, S.codes,
-            P.n, P.sum, P.head, P.last, P.pend, P.nxt, P.dirty, P.inz, P.cnt, P.vnum, P.vcat, P.local, P.code,
-            C.n, C.sum, C.head, C.last, C.first, C.cnt, self._max_local, P.zbuf,
+            P.n, P.sum, P.head, P.last, P.pend, P.dirty, P.inz, P.cnt, P.vnum, P.vcat, P.code,
+            C.n, C.sum, C.head, C.last, C.pstart, C.plen, self._pool, C.cnt, max(self._col_sizes, default=1), P.zbuf,
             self._a_off, self._a_len, self._a_rank, self._col_rank, self._col_off,
             self._s_kind, self._s_arg, self._cs_attr, self._num_op, self._num_a, self._num_b, self._cat_op, self._cat_a,
             self._pd_pair, self._pd_conn, self._pd_secs, self._pd_codes,
@@ -538,12 +588,16 @@ class CompiledEngine(EngineSettings):
         columns: dict[str, object] = {}
         for f, spec in enumerate(self._num):
             columns[spec.name] = make_column(out_num[:, f], spec.output)
+        cats: dict[str, list[tuple[str, np.ndarray]]] = {}
         for g, spec in enumerate(self._cat):
-            columns[spec.name] = self.vocab[spec.vocab].categorical(out_cat[:, g])
+            cats.setdefault(spec.vocab, []).append((spec.name, out_cat[:, g]))
         for spec in self.plan.specs:
             if spec.level == TARGET_COLUMN:
                 codes = np.where(out_n > 0, getattr(self.C, "col_" + spec.column)[np.maximum(q_conn, 0)], -1)
-                columns[spec.name] = self.vocab[spec.vocab].categorical(codes)
+                cats.setdefault(spec.vocab, []).append((spec.name, codes))
+        for vocab, cols in cats.items():
+            for (name, _), col in zip(cols, self.vocab[vocab].categoricals([c for _, c in cols]), strict=True):
+                columns[name] = col
         if self.fallback is not None:
             fb = self.fallback.features_at(cutoffs)
             for name in fb.columns:
@@ -569,7 +623,8 @@ class CompiledEngine(EngineSettings):
         P, C = self.P, self.C
         freed_p = np.empty(max(int(self._meta[k.NZERO]), 1), dtype=np.int64)
         freed_c = np.empty_like(freed_p)
-        np_, nc = k.drop_idle(self._meta, P.zbuf, P.n, P.pend, P.inz, P.conn, P.nxt, P.prv, C.first, freed_p, freed_c)
+        np_, nc = k.drop_idle(self._meta, P.zbuf, P.n, P.pend, P.inz, P.conn, P.pos, C.pstart, C.plen, C.pcap, self._pool,
+                              freed_p, freed_c)
         for slot in freed_p[:np_].tolist():
             del self._pair_index[self._pair_key[slot]]
             self._pair_key[slot] = None
@@ -577,7 +632,6 @@ class CompiledEngine(EngineSettings):
         for conn in freed_c[:nc].tolist():
             del self._conn_index[self._conn_ids[conn]]
             self._conn_ids[conn] = None
-            self._conn_local[conn] = None
             self._free_conns.append(conn)
 
     def _compact(self, force: bool = False) -> None:
@@ -603,7 +657,7 @@ class CompiledEngine(EngineSettings):
             + self._pd_secs.nbytes * 3
             + self._pd_codes.nbytes
             + pairs * (sys.getsizeof((0,) * 4) + 100 + 8)  # key tuple, dict entry, list slot
-            + conns * (150 + 100 * len(self._pair_cols))  # id, dict entry, local bin dicts
+            + conns * 150  # id, dict entry
             + sum(sys.getsizeof(v.values) + sys.getsizeof(v.index) for v in self.vocab.values())
         )
         return EngineStats(

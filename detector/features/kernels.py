@@ -9,7 +9,8 @@ side stays the single owner of sizes and growth.
 so a group's events form a chain from its ``head`` (oldest, = MIN(secs)) to its ``last``
 (newest, = MAX(secs)); events leave in time order, so eviction just moves heads forward.
 
-*Groups* (pairs ``p_*``, connections ``c_*``): count, exact integer sum of ``secs``,
+*Groups* (pairs ``p_*``, connections ``c_*``; a connection's pairs are
+``pool[c_pstart[c] : c_pstart[c] + c_plen[c]]``): count, exact integer sum of ``secs``,
 per-attribute-value counts (``*_cnt``, attribute ``a`` at columns ``a_off[a]`` ..).
 Pairs also cache their per-pair values (``p_vnum``, ``p_vcat``: the streams the plan
 aggregates over a connection's pairs), recomputed lazily when the pair changed.
@@ -189,10 +190,64 @@ def _pair_values(p, st_secs, st_next_p, base, a_off, a_len, a_rank, p_n, p_sum, 
 
 
 @njit(cache=True)
+def _column_summary(pres, npres, k, p_n, p_code, col_rank, lo, bins, wbins, out):
+    """Pair column ``k`` over the present pairs, into ``out``: the number of distinct values,
+    the most frequent value by pairs and by log rows (ties to the lowest rank)."""
+    u = 0
+    for r in range(npres):
+        p = pres[r]
+        b = p_code[p, k]
+        if bins[b] == 0:
+            u += 1
+        bins[b] += 1
+        wbins[b] += p_n[p]
+    best = -1
+    best_n = 0
+    best_r = 0
+    wbest = -1
+    wbest_n = 0
+    wbest_r = 0
+    for r in range(npres):
+        code = p_code[pres[r], k]
+        cnt = bins[code]
+        if cnt > 0:
+            rk = col_rank[lo + code]
+            if cnt > best_n or (cnt == best_n and rk < best_r):
+                best, best_n, best_r = code, cnt, rk
+            w = wbins[code]
+            if w > wbest_n or (w == wbest_n and rk < wbest_r):
+                wbest, wbest_n, wbest_r = code, w, rk
+            bins[code] = 0
+            wbins[code] = 0
+    out[0] = u
+    out[1] = best
+    out[2] = wbest
+
+
+@njit(cache=True)
+def _cat_summary(pres, npres, j, p_vcat, width, rank, vcount, out):
+    """Categorical pair stream ``j`` over the present pairs, into ``out``: the number of
+    distinct values and the most frequent one (ties to the lowest rank; NaN skipped)."""
+    u = 0
+    for r in range(npres):
+        code = p_vcat[pres[r], j]
+        if code >= 0:
+            if vcount[code] == 0:
+                u += 1
+            vcount[code] += 1
+    out[0] = u
+    out[1] = _mode(vcount, -1, width, rank)
+    for r in range(npres):
+        code = p_vcat[pres[r], j]
+        if code >= 0:
+            vcount[code] = 0
+
+
+@njit(cache=True)
 def step(meta, window, cap, until,
          st_secs, st_pair, st_conn, st_next_p, st_next_c, st_dead, st_codes,
-         p_n, p_sum, p_head, p_last, p_pend, p_nxt, p_dirty, p_inz, p_cnt, p_vnum, p_vcat, p_local, p_code,
-         c_n, c_sum, c_head, c_last, c_first, c_cnt, max_local, zbuf,
+         p_n, p_sum, p_head, p_last, p_pend, p_dirty, p_inz, p_cnt, p_vnum, p_vcat, p_code,
+         c_n, c_sum, c_head, c_last, c_pstart, c_plen, pool, c_cnt, max_code, zbuf,
          a_off, a_len, a_rank, col_rank, col_off,
          s_kind, s_arg, cs_attr, num_op, num_a, num_b, cat_op, cat_a,
          pend_pair, pend_conn, pend_secs, pend_codes,
@@ -215,9 +270,11 @@ def step(meta, window, cap, until,
         if a_len[a] > max_width:
             max_width = a_len[a]
     pres = np.empty(p_n.shape[0], dtype=np.int64)
-    bins = np.zeros(max(max_local, 1), dtype=np.int64)
-    bin_code = np.full(max(max_local, 1), -1, dtype=np.int64)
+    bins = np.zeros(max(max_code, 1), dtype=np.int64)
     vcount = np.zeros(max_width, dtype=np.int64)
+    wbins = np.zeros(max(max_code, 1), dtype=np.int64)
+    col_sum = np.zeros((col_off.shape[0], 3), dtype=np.int64)
+    cat_sum = np.zeros((max(cs_attr.shape[0], 1), 2), dtype=np.int64)
     s_cnt = np.zeros(n_streams)
     s_sum = np.zeros(n_streams)
     s_min = np.zeros(n_streams)
@@ -279,8 +336,9 @@ def step(meta, window, cap, until,
         out_n[qi] = n
         # the connection's present pairs, their cached values brought up to date
         npres = 0
-        p = c_first[c]
-        while p >= 0:
+        start = c_pstart[c]
+        for r in range(c_plen[c]):
+            p = pool[start + r]
             if p_n[p] > 0:
                 if p_dirty[p]:
                     _pair_values(p, st_secs, st_next_p, base, a_off, a_len, a_rank, p_n, p_sum, p_head, p_last,
@@ -288,8 +346,9 @@ def step(meta, window, cap, until,
                     p_dirty[p] = 0
                 pres[npres] = p
                 npres += 1
-            p = p_nxt[p]
         s_done[:] = 0
+        col_sum[:, 0] = -1
+        cat_sum[:, 0] = -1
         c_moments = False
         cm2 = 0.0
         cm3 = 0.0
@@ -324,15 +383,9 @@ def step(meta, window, cap, until,
                 v = float(u)
             elif op == COL_NUNIQUE:
                 k = num_a[f]
-                u = 0
-                for r in range(npres):
-                    b = p_local[pres[r], k]
-                    if bins[b] == 0:
-                        u += 1
-                    bins[b] += 1
-                for r in range(npres):
-                    bins[p_local[pres[r], k]] = 0
-                v = float(u)
+                if col_sum[k, 0] < 0:
+                    _column_summary(pres, npres, k, p_n, p_code, col_rank, col_off[k], bins, wbins, col_sum[k])
+                v = float(col_sum[k, 0])
             elif op == PAIRS_COUNT:
                 v = float(npres)
             elif op == PAIRS_AGG:
@@ -388,18 +441,10 @@ def step(meta, window, cap, until,
                     v = _skew(cnt, s_m2[j], s_m3[j])
             else:  # PAIRS_CAT_NUNIQUE
                 j = num_a[f]
-                u = 0
-                for r in range(npres):
-                    code = p_vcat[pres[r], j]
-                    if code >= 0:
-                        if vcount[code] == 0:
-                            u += 1
-                        vcount[code] += 1
-                for r in range(npres):
-                    code = p_vcat[pres[r], j]
-                    if code >= 0:
-                        vcount[code] = 0
-                v = float(u)
+                if cat_sum[j, 0] < 0:
+                    a = cs_attr[j]
+                    _cat_summary(pres, npres, j, p_vcat, a_len[a], a_rank[a_off[a]:], vcount, cat_sum[j])
+                v = float(cat_sum[j, 0])
             out_num[qi, f] = v
         for g in range(cat_op.shape[0]):
             op = cat_op[g]
@@ -408,43 +453,48 @@ def step(meta, window, cap, until,
                 out_cat[qi, g] = _mode(c_cnt[c], a_off[a], a_len[a], a_rank)
             elif op == PAIRS_CAT_MODE:
                 j = cat_a[g]
-                a = cs_attr[j]
-                for r in range(npres):
-                    code = p_vcat[pres[r], j]
-                    if code >= 0:
-                        vcount[code] += 1
-                out_cat[qi, g] = _mode(vcount, -1, a_len[a], a_rank[a_off[a]:])
-                for r in range(npres):
-                    code = p_vcat[pres[r], j]
-                    if code >= 0:
-                        vcount[code] = 0
-            else:  # COL_MODE / COL_MODE_WEIGHTED: bins are the connection's own distinct values
+                if cat_sum[j, 0] < 0:
+                    a = cs_attr[j]
+                    _cat_summary(pres, npres, j, p_vcat, a_len[a], a_rank[a_off[a]:], vcount, cat_sum[j])
+                out_cat[qi, g] = cat_sum[j, 1]
+            else:  # COL_MODE (by pairs) / COL_MODE_WEIGHTED (by log rows)
                 k = cat_a[g]
-                for r in range(npres):
-                    p = pres[r]
-                    b = p_local[p, k]
-                    bins[b] += p_n[p] if op == COL_MODE_WEIGHTED else 1
-                    bin_code[b] = p_code[p, k]
-                best = -1
-                best_n = 0
-                best_r = 0
-                lo = col_off[k]
-                for r in range(npres):
-                    b = p_local[pres[r], k]
-                    cnt = bins[b]
-                    if cnt > 0:
-                        rk = col_rank[lo + bin_code[b]]
-                        if cnt > best_n or (cnt == best_n and rk < best_r):
-                            best, best_n, best_r = bin_code[b], cnt, rk
-                        bins[b] = 0
-                out_cat[qi, g] = best
+                if col_sum[k, 0] < 0:
+                    _column_summary(pres, npres, k, p_n, p_code, col_rank, col_off[k], bins, wbins, col_sum[k])
+                out_cat[qi, g] = col_sum[k, 2] if op == COL_MODE_WEIGHTED else col_sum[k, 1]
     return applied
 
 
 @njit(cache=True)
-def drop_idle(meta, zbuf, p_n, p_pend, p_inz, p_conn, p_nxt, p_prv, c_first, freed_pairs, freed_conns):
-    """Unlink pairs that have nothing in the window and nothing pending, and connections
-    left without pairs. Returns how many of each were freed (slots in ``freed_*``)."""
+def link_pairs(pairs, conns, c_pstart, c_plen, c_pcap, pool, p_pos, top):
+    """Append each new pair to its connection's pair list, moving a full list to the pool's
+    end with twice the room. Returns (pairs linked, new pool top); stops early when the
+    pool is full (the caller compacts or grows it and calls again with the rest)."""
+    for i in range(pairs.shape[0]):
+        p = pairs[i]
+        c = conns[i]
+        n = c_plen[c]
+        if n == c_pcap[c]:
+            cap = max(4, 2 * n)
+            if top + cap > pool.shape[0]:
+                return i, top
+            start = c_pstart[c]
+            for r in range(n):
+                pool[top + r] = pool[start + r]
+            c_pstart[c] = top
+            c_pcap[c] = cap
+            top += cap
+        pool[c_pstart[c] + n] = p
+        p_pos[p] = n
+        c_plen[c] = n + 1
+    return pairs.shape[0], top
+
+
+@njit(cache=True)
+def drop_idle(meta, zbuf, p_n, p_pend, p_inz, p_conn, p_pos, c_pstart, c_plen, c_pcap, pool, freed_pairs, freed_conns):
+    """Remove pairs that have nothing in the window and nothing pending from their
+    connection's pair list, and free connections left without pairs. Returns how many of
+    each were freed (their slots are in ``freed_*``)."""
     npairs = 0
     nconns = 0
     for k in range(meta[NZERO]):
@@ -453,20 +503,18 @@ def drop_idle(meta, zbuf, p_n, p_pend, p_inz, p_conn, p_nxt, p_prv, c_first, fre
         if p_n[p] != 0 or p_pend[p] != 0:
             continue
         c = p_conn[p]
-        nx = p_nxt[p]
-        pv = p_prv[p]
-        if pv >= 0:
-            p_nxt[pv] = nx
-        else:
-            c_first[c] = nx
-        if nx >= 0:
-            p_prv[nx] = pv
-        p_nxt[p] = -1
-        p_prv[p] = -1
+        start = c_pstart[c]
+        last = c_plen[c] - 1
+        moved = pool[start + last]  # the list's last pair takes p's place
+        pool[start + p_pos[p]] = moved
+        p_pos[moved] = p_pos[p]
+        c_plen[c] = last
+        p_pos[p] = -1
         p_conn[p] = -1
         freed_pairs[npairs] = p
         npairs += 1
-        if c_first[c] < 0:
+        if last == 0:
+            c_pcap[c] = 0
             freed_conns[nconns] = c
             nconns += 1
     meta[NZERO] = 0
