@@ -225,11 +225,9 @@ class CompiledEngine(EngineSettings):
         self._free_pairs: list[int] = []
         self.P = _Slots(
             1024,
-            n=(np.int64, 0), sum=(np.int64, 0), head=(np.int64, -1), last=(np.int64, -1),
-            pend=(np.int64, 0), conn=(np.int64, -1), pos=(np.int64, -1),
-            dirty=(np.uint8, 1), inz=(np.uint8, 0), zbuf=(np.int64, -1), cnt=(np.int64, 0, W),
-            vnum=(np.float64, np.nan, max(len(self._s_kind), 1)), vcat=(np.int64, -1, max(len(self._cs_attr), 1)),
-            code=(np.int64, -1, K),
+            n=(np.int64, 0), sum=(np.int64, 0), pend=(np.int64, 0), conn=(np.int64, -1), at=(np.int64, -1),
+            dirty=(np.uint8, 0), inz=(np.uint8, 0), zbuf=(np.int64, -1), dstack=(np.int64, -1),
+            cnt=(np.int64, 0, W), ls=(np.int64, 0), lc=(np.int64, 0), lo=(np.int64, 0),
         )  # fmt: skip
         # -- connections
         self._conn_index: dict[str, int] = {}
@@ -237,19 +235,20 @@ class CompiledEngine(EngineSettings):
         self._free_conns: list[int] = []
         self.C = _Slots(
             1024,
-            n=(np.int64, 0), sum=(np.int64, 0), head=(np.int64, -1), last=(np.int64, -1),
+            n=(np.int64, 0), sum=(np.int64, 0), npres=(np.int64, 0), cnt=(np.int64, 0, W),
+            ls=(np.int64, 0), lc=(np.int64, 0), lo=(np.int64, 0),
             pstart=(np.int64, 0), plen=(np.int64, 0), pcap=(np.int64, 0),
-            cnt=(np.int64, 0, W),
             **{"col_" + c: (np.int64, -1) for c in self._target_cols},
         )  # fmt: skip
-        # each connection's pairs: pool[pstart : pstart + plen] (room for pcap)
-        self._pool = np.full(4096, -1, dtype=np.int64)
-        self._pool_top = 0
+        # -- lanes: each group's window secs (and store indexes), oldest first
+        self._lanes = {level: (np.zeros(1 << 16), np.zeros(1 << 16, dtype=np.int64)) for level in "PC"}
+        # -- pair lists: each connection's pairs with their values, contiguous
+        self._lists = self._new_lists(1 << 14)
         # -- the window's events, in time order (logical index = physical + meta[BASE])
         self.S = _Slots(
             4096,
-            secs=(np.int64, 0), pair=(np.int64, -1), conn=(np.int64, -1), next_p=(np.int64, -1),
-            next_c=(np.int64, -1), dead=(np.uint8, 0), codes=(np.int64, -1, _A),
+            secs=(np.int64, 0), pair=(np.int64, -1), conn=(np.int64, -1), dead=(np.uint8, 0),
+            codes=(np.int64, -1, _A),
         )  # fmt: skip
         self._meta = np.zeros(k.META_SIZE, dtype=np.int64)
         self._meta[k.LIVE] = k.NEVER
@@ -445,38 +444,47 @@ class CompiledEngine(EngineSettings):
         slot_arr = np.array(new_slots, dtype=np.int64)
         conn_arr = np.array(conns, dtype=np.int64)
         self.P.conn[slot_arr] = conn_arr
+        codes = np.empty((m, max(len(self._pair_cols), 1)), dtype=np.int64)
         for j, col in enumerate(self._pair_cols):
-            vocab = self.vocab[col]
-            values = [self._column_value(col, key, cid) for key, cid in zip(new_keys, conn_ids, strict=True)]
-            self.P.code[slot_arr, j] = [vocab.code(v) for v in values]
-        self._link(slot_arr, conn_arr)
+            code = self.vocab[col].code
+            codes[:, j] = [code(self._column_value(col, key, cid)) for key, cid in zip(new_keys, conn_ids, strict=True)]
+        self._link(slot_arr, conn_arr, codes)
         return np.array([index[key] if slot is None else slot for key, slot in zip(keys, slots, strict=True)],
                         dtype=np.int64)  # fmt: skip
 
-    def _link(self, pairs: np.ndarray, conns: np.ndarray) -> None:
-        """Append new pairs to their connections' lists (contiguous: a cutoff reads one sweep)."""
+    def _new_lists(self, size: int) -> tuple[np.ndarray, ...]:
+        """An empty list pool: pair, window count, numeric and categorical values, column codes."""
+        return (
+            np.full(size, -1, dtype=np.int64),
+            np.zeros(size, dtype=np.int64),
+            np.full((len(self._s_kind), size), np.nan),
+            np.full((len(self._cs_attr), size), -1, dtype=np.int64),
+            np.full((max(len(self._pair_cols), 1), size), -1, dtype=np.int64),
+        )
+
+    def _link(self, pairs: np.ndarray, conns: np.ndarray, codes: np.ndarray) -> None:
+        """Append new pairs to their connections' lists, growing the list pool when full."""
         C = self.C
         done = 0
-        while done < len(pairs):
-            n, self._pool_top = k.link_pairs(pairs[done:], conns[done:], C.pstart, C.plen, C.pcap, self._pool,
-                                             self.P.pos, self._pool_top)  # fmt: skip
-            done += n
-            if done < len(pairs):
-                self._compact_pool(4 * (len(pairs) - done) + 2 * int(C.plen[conns[done]]))
+        while True:
+            done += k.link_pairs(pairs[done:], conns[done:], codes[done:], C.pstart, C.plen, C.pcap, *self._lists,
+                                 self.P.at, self._meta)  # fmt: skip
+            if done == len(pairs):
+                return
+            live = int(C.pcap.sum())
+            new = self._new_lists(max(len(self._lists[0]), 2 * (live + 4 * (len(pairs) - done))))
+            self._meta[k.LTOP] = k.compact_lists(C.pstart, C.plen, C.pcap, *self._lists, self.P.at, *new)
+            self._lists = new
 
-    def _compact_pool(self, extra: int) -> None:
-        """Rewrite the pool with only live connections' lists (and room for ``extra`` more)."""
-        C = self.C
-        live = np.flatnonzero(C.pcap[: len(self._conn_ids)] > 0)
-        caps = C.pcap[live]
-        size = int(caps.sum())
-        pool = np.full(max(2 * (size + extra), 4096), -1, dtype=np.int64)
-        starts = np.cumsum(caps) - caps
-        for c, start in zip(live.tolist(), starts.tolist(), strict=True):
-            n, old = int(C.plen[c]), int(C.pstart[c])
-            pool[start : start + n] = self._pool[old : old + n]
-        C.pstart[live] = starts
-        self._pool, self._pool_top = pool, size
+    def _grow_lanes(self, level: str) -> None:
+        """Copy the live lanes of one level into a pool with room for them to double."""
+        g = self.P if level == "P" else self.C
+        lane, lane_i = self._lanes[level]
+        live = g.lc > 0
+        size = max(len(lane), 2 * (4 * int(g.n[live].sum()) + 4 * int(live.sum())))
+        new = (np.zeros(size), np.zeros(size, dtype=np.int64))
+        self._meta[k.PTOP if level == "P" else k.CTOP] = k.compact_lanes(g.n, g.ls, g.lc, g.lo, lane, lane_i, *new)
+        self._lanes[level] = new
 
     def _column_value(self, col: str, key: tuple, conn_id: str) -> str:
         if col in IDENTITY_FIELDS:
@@ -549,21 +557,30 @@ class CompiledEngine(EngineSettings):
         out_num[:] = self._num_default
         out_cat = np.full((Q, len(self._cat)), -1, dtype=np.int64)
         out_n = np.zeros(Q, dtype=np.int64)
-        P, C, S = self.P, self.C, self.S
-        applied = k.step(
-            self._meta, self.window_secs, self.max_events or 0, until,
-            S.secs, S.pair, S.conn, S.next_p, S.next_c, S.dead, S.codes,
-            P.n, P.sum, P.head, P.last, P.pend, P.dirty, P.inz, P.cnt, P.vnum, P.vcat, P.code,
-            C.n, C.sum, C.head, C.last, C.pstart, C.plen, self._pool, C.cnt, max(self._col_sizes, default=1), P.zbuf,
-            self._a_off, self._a_len, self._a_rank, self._col_rank, self._col_off,
-            self._s_kind, self._s_arg, self._cs_attr, self._num_op, self._num_a, self._num_b, self._cat_op, self._cat_a,
-            self._pd_pair, self._pd_conn, self._pd_secs, self._pd_codes,
-            q_conn, q_t, out_num, out_cat, out_n,
-        )  # fmt: skip
-        if applied:
-            self._pd_pair, self._pd_conn = self._pd_pair[applied:], self._pd_conn[applied:]
-            self._pd_secs, self._pd_codes = self._pd_secs[applied:], self._pd_codes[applied:]
-        self._live = int(self._meta[k.LIVE]) if self._meta[k.LIVE] != k.NEVER else None
+        P, C, S, meta = self.P, self.C, self.S, self._meta
+        done = 0
+        while True:
+            applied, answered = k.step(
+                meta, self.window_secs, self.max_events or 0, until,
+                S.secs, S.pair, S.conn, S.dead, S.codes,
+                P.n, P.sum, P.pend, P.at, P.dirty, P.inz, P.cnt, P.ls, P.lc, P.lo, *self._lanes["P"],
+                C.n, C.sum, C.npres, C.cnt, C.ls, C.lc, C.lo, *self._lanes["C"], C.pstart, C.plen,
+                *self._lists[1:], P.dstack, P.zbuf, max(self._col_sizes, default=1),
+                self._a_off, self._a_len, self._a_rank, self._col_rank, self._col_off,
+                self._s_kind, self._s_arg, self._cs_attr, self._num_op, self._num_a, self._num_b, self._cat_op,
+                self._cat_a, self._pd_pair, self._pd_conn, self._pd_secs, self._pd_codes,
+                q_conn[done:], q_t[done:], out_num[done:], out_cat[done:], out_n[done:],
+            )  # fmt: skip
+            if applied:
+                self._pd_pair, self._pd_conn = self._pd_pair[applied:], self._pd_conn[applied:]
+                self._pd_secs, self._pd_codes = self._pd_secs[applied:], self._pd_codes[applied:]
+            done += answered
+            full = int(meta[k.FULL])
+            if not full:
+                break
+            meta[k.FULL] = 0
+            self._grow_lanes("P" if full == k.FULL_PAIR_LANES else "C")
+        self._live = int(meta[k.LIVE]) if meta[k.LIVE] != k.NEVER else None
         return out_num, out_cat, out_n
 
     # ================================================================== output
@@ -623,8 +640,8 @@ class CompiledEngine(EngineSettings):
         P, C = self.P, self.C
         freed_p = np.empty(max(int(self._meta[k.NZERO]), 1), dtype=np.int64)
         freed_c = np.empty_like(freed_p)
-        np_, nc = k.drop_idle(self._meta, P.zbuf, P.n, P.pend, P.inz, P.conn, P.pos, C.pstart, C.plen, C.pcap, self._pool,
-                              freed_p, freed_c)
+        np_, nc = k.drop_idle(self._meta, P.zbuf, P.n, P.pend, P.inz, P.conn, P.at, P.lc, C.pstart, C.plen, C.pcap,
+                              C.lc, *self._lists, freed_p, freed_c)  # fmt: skip
         for slot in freed_p[:np_].tolist():
             del self._pair_index[self._pair_key[slot]]
             self._pair_key[slot] = None
@@ -641,7 +658,7 @@ class CompiledEngine(EngineSettings):
         if not dead or (not force and dead < max(1 << 16, S.capacity // 2)):
             return
         live = int(meta[k.SIZE] - meta[k.EVICT])
-        for name in ("secs", "pair", "conn", "next_p", "next_c", "dead", "codes"):
+        for name in ("secs", "pair", "conn", "dead", "codes"):
             arr = getattr(S, name)
             arr[:live] = arr[dead : dead + live]
         meta[k.BASE] = meta[k.EVICT]
@@ -654,6 +671,8 @@ class CompiledEngine(EngineSettings):
             self.P.nbytes()
             + self.C.nbytes()
             + self.S.nbytes()
+            + sum(a.nbytes for lanes in self._lanes.values() for a in lanes)
+            + sum(a.nbytes for a in self._lists)
             + self._pd_secs.nbytes * 3
             + self._pd_codes.nbytes
             + pairs * (sys.getsizeof((0,) * 4) + 100 + 8)  # key tuple, dict entry, list slot

@@ -1,24 +1,25 @@
 """The compiled engine's inner loops (numba): window state updated per event, rows per cutoff.
 
-State lives in plain numpy arrays owned by :class:`~detector.features.compiled.CompiledEngine`
-and is passed in on every call; these functions only read and update it, so the Python
-side stays the single owner of sizes and growth.
+State lives in numpy arrays owned by :class:`~detector.features.compiled.CompiledEngine` and
+passed in on every call; these functions read and update it in place. When a pool runs out
+of room they stop and say so (``meta[FULL]``); the Python side grows it and calls again.
 
-*Store*: the window's events in time order (``st_*``; logical index = physical index +
-``meta[BASE]``). Each event links to the next event of its pair and of its connection,
-so a group's events form a chain from its ``head`` (oldest, = MIN(secs)) to its ``last``
-(newest, = MAX(secs)); events leave in time order, so eviction just moves heads forward.
+* *Store* (``st_*``): the window's events in time order, for eviction (logical index =
+  physical index + ``meta[BASE]``; ``st_dead`` marks events dropped by the cap).
+* *Groups* (pairs ``p_*``, connections ``c_*``): window count, exact integer sum of
+  ``secs``, per-attribute-value counts (``*_cnt``; attribute ``a`` at columns ``a_off[a]``..),
+  and a *lane*: the group's window ``secs`` (and store indexes) contiguous in a shared lane
+  pool, oldest first (``ls`` region start, ``lc`` its room, ``lo`` offset of the oldest).
+  MIN/MAX are the lane's ends and STD/SKEW two passes over it, as pandas computes them.
+* *Pair lists*: a connection's pairs are contiguous in the list pool
+  (``c_pstart[c]`` .. ``+ c_plen[c]``), with each pair's window count (``pl_n``), its values
+  of the numeric and categorical streams the plan aggregates over pairs (``pl_v``, ``pl_c``:
+  NaN / -1 while absent) and its pair-column codes (``pl_code``). A cutoff reads them in
+  contiguous sweeps; a pair's values are recomputed once per time step in which it changed.
 
-*Groups* (pairs ``p_*``, connections ``c_*``; a connection's pairs are
-``pool[c_pstart[c] : c_pstart[c] + c_plen[c]]``): count, exact integer sum of ``secs``,
-per-attribute-value counts (``*_cnt``, attribute ``a`` at columns ``a_off[a]`` ..).
-Pairs also cache their per-pair values (``p_vnum``, ``p_vcat``: the streams the plan
-aggregates over a connection's pairs), recomputed lazily when the pair changed.
-
-STD and SKEW are computed the way pandas does (two passes over the values, around the
-float mean; ``nanskew``'s zeroing of moments below 1e-14), so they never accumulate
-rounding over millions of window updates. Ties in MODE go to the smallest value (the
-lowest rank in the sorted vocabulary), as pandas' ``Series.mode`` does.
+STD uses ddof=1; SKEW is pandas' ``nanskew`` (moments below 1e-14 zeroed, 0 for constant
+data, NaN below 3 values); reductions over pairs skip NaN like pandas' groupby. Ties in MODE
+go to the smallest value (the lowest rank in the sorted vocabulary), as ``Series.mode`` does.
 """
 
 from __future__ import annotations
@@ -29,10 +30,12 @@ import numpy as np
 from numba import njit
 
 # meta slots
-BASE, SIZE, EVICT, LIVE, CAPPED, NZERO = range(6)
-META_SIZE = 6
+BASE, SIZE, EVICT, LIVE, CAPPED, NZERO, NDIRTY, PTOP, CTOP, LTOP, FULL = range(11)
+META_SIZE = 11
 #: live time before anything happened
 NEVER = -(1 << 62)
+# meta[FULL] values: which pool ran out of room
+FULL_PAIR_LANES, FULL_CONN_LANES = 1, 2
 
 # per-pair numeric streams (s_kind)
 S_COUNT, S_SUM, S_MEAN, S_MIN, S_MAX, S_STD, S_SKEW, S_NUNIQUE_ATTR, S_ONE = range(9)
@@ -60,6 +63,7 @@ LOG_MODE_ATTR, COL_MODE_WEIGHTED, COL_MODE, PAIRS_CAT_MODE = range(4)
 ZERO_FPERR = 1e-14  # pandas.core.nanops._zero_out_fperr
 
 
+# ---------------------------------------------------------------------------- numerics
 @njit(cache=True)
 def _skew(n: float, m2: float, m3: float) -> float:
     """pandas' nanskew from the sums of squared and cubed deviations."""
@@ -75,140 +79,179 @@ def _skew(n: float, m2: float, m3: float) -> float:
 
 
 @njit(cache=True)
-def _chain_moments(head, n, total, nxt, st_secs, base):
-    """Sums of squared and cubed deviations of a chain's secs from their float mean."""
+def _moments(lane, lo, n, total):
+    """Sums of squared and cubed deviations of ``lane[lo:lo+n]`` from their float mean."""
     mean = total / n
     m2 = 0.0
     m3 = 0.0
-    e = head
-    for _ in range(n):
-        d = st_secs[e - base] - mean
+    for i in range(lo, lo + n):
+        d = lane[i] - mean
         d2 = d * d
         m2 += d2
         m3 += d2 * d
-        e = nxt[e - base]
     return m2, m3
 
 
 @njit(cache=True)
-def _mode(counts, lo, width, rank):
-    """Code (0 .. width-1) with the highest count, ties to the lowest rank; -1 if none."""
+def _mode(counts, lo, width, rank, rank_lo):
+    """Code (0 .. width-1) with the highest ``counts[lo + code]``, ties to the lowest
+    ``rank[rank_lo + code]``; -1 if every count is 0."""
     best = -1
     best_n = 0
     best_r = 0
-    for k in range(width):
-        cnt = counts[k + lo] if lo >= 0 else counts[k]
+    for code in range(width):
+        cnt = counts[lo + code]
         if cnt > 0:
-            r = rank[lo + k] if lo >= 0 else rank[k]
+            r = rank[rank_lo + code]
             if cnt > best_n or (cnt == best_n and r < best_r):
-                best, best_n, best_r = k, cnt, r
+                best, best_n, best_r = code, cnt, r
     return best
 
 
+# ---------------------------------------------------------------------------- lanes
 @njit(cache=True)
-def _add(e, sign, st_secs, st_pair, st_conn, st_next_p, st_next_c, st_codes, base, a_off,
-         p_n, p_sum, p_head, p_last, p_dirty, p_inz, p_cnt, c_n, c_sum, c_head, c_last, c_cnt, zbuf, meta):
-    """Add logical event ``e`` (the newest of its groups) or remove it (the oldest)."""
-    i = e - base
+def _lane_room(g, n, ls, lc, lo, top, size):
+    """Whether group ``g`` (``n`` values) can take one more value without the pool growing."""
+    if lo[g] + n < lc[g]:
+        return True
+    if lo[g] > 0 and n <= lc[g] // 2:
+        return True
+    return top + max(4, 2 * lc[g]) <= size
+
+
+@njit(cache=True)
+def _lane_push(g, n, secs, idx, ls, lc, lo, lane, lane_i, meta, top_slot):
+    """Append (secs, store index) to group ``g``'s lane (room checked by ``_lane_room``)."""
+    if lo[g] + n == lc[g]:
+        start = ls[g]
+        if lo[g] > 0 and n <= lc[g] // 2:  # slide the live values down to the region start
+            for r in range(n):
+                lane[start + r] = lane[start + lo[g] + r]
+                lane_i[start + r] = lane_i[start + lo[g] + r]
+        else:  # move to a region twice as big at the pool's end
+            cap = max(4, 2 * lc[g])
+            top = meta[top_slot]
+            for r in range(n):
+                lane[top + r] = lane[start + lo[g] + r]
+                lane_i[top + r] = lane_i[start + lo[g] + r]
+            ls[g] = top
+            lc[g] = cap
+            meta[top_slot] = top + cap
+        lo[g] = 0
+    at = ls[g] + lo[g] + n
+    lane[at] = secs
+    lane_i[at] = idx
+
+
+# ---------------------------------------------------------------------------- updates
+@njit(cache=True)
+def _mark(p, p_dirty, dstack, meta):
+    if p_dirty[p] == 0:
+        p_dirty[p] = 1
+        dstack[meta[NDIRTY]] = p
+        meta[NDIRTY] += 1
+
+
+@njit(cache=True)
+def _remove_oldest(i, st_secs, st_pair, st_conn, st_codes, a_off, p_n, p_sum, p_lo, p_cnt, p_at, p_dirty, p_inz,
+                   c_n, c_sum, c_lo, c_cnt, c_npres, pl_n, dstack, zbuf, meta):
+    """Remove store event ``i`` (physical), the oldest of its pair and of its connection."""
     p = st_pair[i]
     c = st_conn[i]
     secs = st_secs[i]
-    if sign > 0:
-        if p_n[p] == 0:
-            p_head[p] = e
-        else:
-            st_next_p[p_last[p] - base] = e
-        p_last[p] = e
-        if c_n[c] == 0:
-            c_head[c] = e
-        else:
-            st_next_c[c_last[c] - base] = e
-        c_last[c] = e
-    else:
-        p_head[p] = st_next_p[i]
-        c_head[c] = st_next_c[i]
-    p_n[p] += sign
-    p_sum[p] += sign * secs
-    c_n[c] += sign
-    c_sum[c] += sign * secs
+    p_n[p] -= 1
+    p_sum[p] -= secs
+    p_lo[p] += 1
+    c_n[c] -= 1
+    c_sum[c] -= secs
+    c_lo[c] += 1
     for a in range(st_codes.shape[1]):
         code = st_codes[i, a]
         if code >= 0:
-            p_cnt[p, a_off[a] + code] += sign
-            c_cnt[c, a_off[a] + code] += sign
-    p_dirty[p] = 1
+            p_cnt[p, a_off[a] + code] -= 1
+            c_cnt[c, a_off[a] + code] -= 1
+    pl_n[p_at[p]] -= 1
+    _mark(p, p_dirty, dstack, meta)
     if p_n[p] == 0:
-        p_head[p] = -1
-        p_last[p] = -1
+        p_lo[p] = 0
+        c_npres[c] -= 1
         if p_inz[p] == 0:
             p_inz[p] = 1
             zbuf[meta[NZERO]] = p
             meta[NZERO] += 1
     if c_n[c] == 0:
-        c_head[c] = -1
-        c_last[c] = -1
+        c_lo[c] = 0
 
 
 @njit(cache=True)
-def _pair_values(p, st_secs, st_next_p, base, a_off, a_len, a_rank, p_n, p_sum, p_head, p_last, p_cnt,
-                 p_vnum, p_vcat, s_kind, s_arg, cs_attr, need_moments):
+def _pair_values(p, a, lane_p, p_n, p_sum, p_ls, p_lo, p_cnt, a_off, a_len, a_rank, pl_v, pl_c,
+                 s_kind, s_arg, cs_attr, need_moments):
+    """Recompute pair ``p``'s stream values into list-pool position ``a``."""
     n = p_n[p]
+    if n == 0:
+        for j in range(s_kind.shape[0]):
+            pl_v[j, a] = np.nan
+        for j in range(cs_attr.shape[0]):
+            pl_c[j, a] = -1
+        return
     total = float(p_sum[p])
+    lo = p_ls[p] + p_lo[p]
     m2 = 0.0
     m3 = 0.0
     if need_moments and n >= 2:
-        m2, m3 = _chain_moments(p_head[p], n, total, st_next_p, st_secs, base)
+        m2, m3 = _moments(lane_p, lo, n, total)
     for j in range(s_kind.shape[0]):
-        k = s_kind[j]
-        if k == S_COUNT:
+        kind = s_kind[j]
+        if kind == S_COUNT:
             v = float(n)
-        elif k == S_SUM:
+        elif kind == S_SUM:
             v = total
-        elif k == S_MEAN:
+        elif kind == S_MEAN:
             v = total / n
-        elif k == S_MIN:
-            v = float(st_secs[p_head[p] - base])
-        elif k == S_MAX:
-            v = float(st_secs[p_last[p] - base])
-        elif k == S_STD:
+        elif kind == S_MIN:
+            v = lane_p[lo]
+        elif kind == S_MAX:
+            v = lane_p[lo + n - 1]
+        elif kind == S_STD:
             v = math.sqrt(m2 / (n - 1)) if n >= 2 else np.nan
-        elif k == S_SKEW:
+        elif kind == S_SKEW:
             v = _skew(float(n), m2, m3)
-        elif k == S_NUNIQUE_ATTR:
-            a = s_arg[j]
+        elif kind == S_NUNIQUE_ATTR:
+            attr = s_arg[j]
             u = 0
-            for code in range(a_len[a]):
-                if p_cnt[p, a_off[a] + code] > 0:
+            for code in range(a_len[attr]):
+                if p_cnt[p, a_off[attr] + code] > 0:
                     u += 1
             v = float(u)
         else:  # S_ONE
             v = 1.0
-        p_vnum[p, j] = v
+        pl_v[j, a] = v
     for j in range(cs_attr.shape[0]):
-        a = cs_attr[j]
-        p_vcat[p, j] = _mode(p_cnt[p], a_off[a], a_len[a], a_rank)
+        attr = cs_attr[j]
+        pl_c[j, a] = _mode(p_cnt[p], a_off[attr], a_len[attr], a_rank, a_off[attr])
 
 
+# ---------------------------------------------------------------------------- summaries
 @njit(cache=True)
-def _column_summary(pres, npres, k, p_n, p_code, col_rank, lo, bins, wbins, out):
-    """Pair column ``k`` over the present pairs, into ``out``: the number of distinct values,
-    the most frequent value by pairs and by log rows (ties to the lowest rank)."""
+def _column_summary(start, length, k, pl_n, pl_code, col_rank, lo, bins, wbins, out):
+    """Pair column ``k`` over a connection's present pairs, into ``out``: the number of
+    distinct values, the most frequent value by pairs and by log rows (ties: lowest rank)."""
     u = 0
-    for r in range(npres):
-        p = pres[r]
-        b = p_code[p, k]
-        if bins[b] == 0:
-            u += 1
-        bins[b] += 1
-        wbins[b] += p_n[p]
+    for a in range(start, start + length):
+        if pl_n[a] > 0:
+            b = pl_code[k, a]
+            if bins[b] == 0:
+                u += 1
+            bins[b] += 1
+            wbins[b] += pl_n[a]
     best = -1
     best_n = 0
     best_r = 0
     wbest = -1
     wbest_n = 0
     wbest_r = 0
-    for r in range(npres):
-        code = p_code[pres[r], k]
+    for a in range(start, start + length):
+        code = pl_code[k, a]
         cnt = bins[code]
         if cnt > 0:
             rk = col_rank[lo + code]
@@ -225,36 +268,68 @@ def _column_summary(pres, npres, k, p_n, p_code, col_rank, lo, bins, wbins, out)
 
 
 @njit(cache=True)
-def _cat_summary(pres, npres, j, p_vcat, width, rank, vcount, out):
-    """Categorical pair stream ``j`` over the present pairs, into ``out``: the number of
-    distinct values and the most frequent one (ties to the lowest rank; NaN skipped)."""
+def _cat_summary(start, length, j, pl_c, width, rank, rank_lo, vcount, out):
+    """Categorical stream ``j`` over a connection's pairs, into ``out``: the number of
+    distinct values and the most frequent one (ties: lowest rank; -1 = NaN, skipped)."""
     u = 0
-    for r in range(npres):
-        code = p_vcat[pres[r], j]
+    for a in range(start, start + length):
+        code = pl_c[j, a]
         if code >= 0:
             if vcount[code] == 0:
                 u += 1
             vcount[code] += 1
     out[0] = u
-    out[1] = _mode(vcount, -1, width, rank)
-    for r in range(npres):
-        code = p_vcat[pres[r], j]
+    out[1] = _mode(vcount, 0, width, rank, rank_lo)
+    for a in range(start, start + length):
+        code = pl_c[j, a]
         if code >= 0:
             vcount[code] = 0
 
 
 @njit(cache=True)
+def _stream_summary(row, start, length, moments, out):
+    """A numeric stream over a connection's pairs (NaN skipped), into ``out``: count, sum,
+    min, max and, if asked, the sums of squared and cubed deviations from the float mean."""
+    cnt = 0.0
+    sm = 0.0
+    mn = np.inf
+    mx = -np.inf
+    for a in range(start, start + length):
+        x = row[a]
+        if not math.isnan(x):
+            cnt += 1.0
+            sm += x
+            mn = min(mn, x)
+            mx = max(mx, x)
+    out[0], out[1], out[2], out[3] = cnt, sm, mn, mx
+    if moments:
+        mean = sm / cnt if cnt > 0 else 0.0
+        m2 = 0.0
+        m3 = 0.0
+        for a in range(start, start + length):
+            x = row[a]
+            if not math.isnan(x):
+                d = x - mean
+                m2 += d * d
+                m3 += d * d * d
+        out[4], out[5] = m2, m3
+
+
+# ---------------------------------------------------------------------------- the step
+@njit(cache=True)
 def step(meta, window, cap, until,
-         st_secs, st_pair, st_conn, st_next_p, st_next_c, st_dead, st_codes,
-         p_n, p_sum, p_head, p_last, p_pend, p_dirty, p_inz, p_cnt, p_vnum, p_vcat, p_code,
-         c_n, c_sum, c_head, c_last, c_pstart, c_plen, pool, c_cnt, max_code, zbuf,
+         st_secs, st_pair, st_conn, st_dead, st_codes,
+         p_n, p_sum, p_pend, p_at, p_dirty, p_inz, p_cnt, p_ls, p_lc, p_lo, lane_p, lane_pi,
+         c_n, c_sum, c_npres, c_cnt, c_ls, c_lc, c_lo, lane_c, lane_ci, c_pstart, c_plen,
+         pl_n, pl_v, pl_c, pl_code, dstack, zbuf, max_code,
          a_off, a_len, a_rank, col_rank, col_off,
          s_kind, s_arg, cs_attr, num_op, num_a, num_b, cat_op, cat_a,
          pend_pair, pend_conn, pend_secs, pend_codes,
          q_conn, q_t, out_num, out_cat, out_n):
-    """Answer the cutoffs ``(q_conn, q_t)`` (sorted by time, not before the live time), then
-    move the live state on to ``until``. Pending events (sorted by secs) are applied as
-    time passes them; returns how many were applied.
+    """Answer the cutoffs ``(q_conn, q_t)`` (sorted by time, none before the live time), then
+    move the live state on to ``until``. Pending events (sorted by secs) are applied as time
+    passes them. Returns (pending events applied, cutoffs answered): fewer than asked only
+    when a lane pool is full (``meta[FULL]`` says which); call again with the rest.
 
     ``out_num`` / ``out_cat`` hold each column's default on entry (what featuretools gives
     a connection with nothing in the window); rows of connections with window events are
@@ -267,21 +342,14 @@ def step(meta, window, cap, until,
     n_streams = s_kind.shape[0]
     max_width = 1
     for a in range(a_len.shape[0]):
-        if a_len[a] > max_width:
-            max_width = a_len[a]
-    pres = np.empty(p_n.shape[0], dtype=np.int64)
+        max_width = max(max_width, a_len[a])
     bins = np.zeros(max(max_code, 1), dtype=np.int64)
-    vcount = np.zeros(max_width, dtype=np.int64)
     wbins = np.zeros(max(max_code, 1), dtype=np.int64)
+    vcount = np.zeros(max_width, dtype=np.int64)
     col_sum = np.zeros((col_off.shape[0], 3), dtype=np.int64)
     cat_sum = np.zeros((max(cs_attr.shape[0], 1), 2), dtype=np.int64)
-    s_cnt = np.zeros(n_streams)
-    s_sum = np.zeros(n_streams)
-    s_min = np.zeros(n_streams)
-    s_max = np.zeros(n_streams)
-    s_m2 = np.zeros(n_streams)
-    s_m3 = np.zeros(n_streams)
-    s_done = np.zeros(n_streams, dtype=np.int64)
+    s_sum = np.zeros((max(n_streams, 1), 6))
+    s_done = np.zeros(max(n_streams, 1), dtype=np.int64)
     applied = 0
     n_pend = pend_secs.shape[0]
     nq = q_t.shape[0]
@@ -290,62 +358,73 @@ def step(meta, window, cap, until,
         if t > meta[LIVE]:
             # -- move the live state to t: arrivals up to t, then departures up to t - window
             while applied < n_pend and pend_secs[applied] <= t:
+                p = pend_pair[applied]
+                c = pend_conn[applied]
+                if not _lane_room(p, p_n[p], p_ls, p_lc, p_lo, meta[PTOP], lane_p.shape[0]):
+                    meta[FULL] = FULL_PAIR_LANES
+                    return applied, qi
+                if not _lane_room(c, c_n[c], c_ls, c_lc, c_lo, meta[CTOP], lane_c.shape[0]):
+                    meta[FULL] = FULL_CONN_LANES
+                    return applied, qi
                 base = meta[BASE]
                 e = meta[SIZE]
                 i = e - base
-                p = pend_pair[applied]
-                c = pend_conn[applied]
-                st_secs[i] = pend_secs[applied]
+                secs = pend_secs[applied]
+                st_secs[i] = secs
                 st_pair[i] = p
                 st_conn[i] = c
-                st_next_p[i] = -1
-                st_next_c[i] = -1
                 st_dead[i] = 0
                 for a in range(pend_codes.shape[1]):
-                    st_codes[i, a] = pend_codes[applied, a]
+                    code = pend_codes[applied, a]
+                    st_codes[i, a] = code
+                    if code >= 0:
+                        p_cnt[p, a_off[a] + code] += 1
+                        c_cnt[c, a_off[a] + code] += 1
                 meta[SIZE] = e + 1
+                _lane_push(p, p_n[p], float(secs), e, p_ls, p_lc, p_lo, lane_p, lane_pi, meta, PTOP)
+                _lane_push(c, c_n[c], float(secs), e, c_ls, c_lc, c_lo, lane_c, lane_ci, meta, CTOP)
+                if p_n[p] == 0:
+                    c_npres[c] += 1
+                p_n[p] += 1
+                p_sum[p] += secs
+                c_n[c] += 1
+                c_sum[c] += secs
+                pl_n[p_at[p]] += 1
                 p_pend[p] -= 1
-                _add(e, 1, st_secs, st_pair, st_conn, st_next_p, st_next_c, st_codes, base, a_off,
-                     p_n, p_sum, p_head, p_last, p_dirty, p_inz, p_cnt, c_n, c_sum, c_head, c_last, c_cnt, zbuf, meta)
+                _mark(p, p_dirty, dstack, meta)
                 if cap > 0 and c_n[c] > cap:  # drop the connection's oldest window event
-                    old = c_head[c]
-                    st_dead[old - base] = 1
-                    _add(old, -1, st_secs, st_pair, st_conn, st_next_p, st_next_c, st_codes, base, a_off,
-                         p_n, p_sum, p_head, p_last, p_dirty, p_inz, p_cnt, c_n, c_sum, c_head, c_last, c_cnt,
-                         zbuf, meta)
+                    old = lane_ci[c_ls[c] + c_lo[c]] - base
+                    st_dead[old] = 1
+                    _remove_oldest(old, st_secs, st_pair, st_conn, st_codes, a_off, p_n, p_sum, p_lo, p_cnt, p_at,
+                                   p_dirty, p_inz, c_n, c_sum, c_lo, c_cnt, c_npres, pl_n, dstack, zbuf, meta)
                     meta[CAPPED] += 1
                 applied += 1
             oldest = t - window
             base = meta[BASE]
             while meta[EVICT] < meta[SIZE] and st_secs[meta[EVICT] - base] <= oldest:
-                e = meta[EVICT]
-                if st_dead[e - base] == 0:
-                    st_dead[e - base] = 1
-                    _add(e, -1, st_secs, st_pair, st_conn, st_next_p, st_next_c, st_codes, base, a_off,
-                         p_n, p_sum, p_head, p_last, p_dirty, p_inz, p_cnt, c_n, c_sum, c_head, c_last, c_cnt,
-                         zbuf, meta)
-                meta[EVICT] = e + 1
+                i = meta[EVICT] - base
+                if st_dead[i] == 0:
+                    st_dead[i] = 1
+                    _remove_oldest(i, st_secs, st_pair, st_conn, st_codes, a_off, p_n, p_sum, p_lo, p_cnt, p_at,
+                                   p_dirty, p_inz, c_n, c_sum, c_lo, c_cnt, c_npres, pl_n, dstack, zbuf, meta)
+                meta[EVICT] += 1
+            # -- the changed pairs' values, once per step
+            for r in range(meta[NDIRTY]):
+                p = dstack[r]
+                _pair_values(p, p_at[p], lane_p, p_n, p_sum, p_ls, p_lo, p_cnt, a_off, a_len, a_rank, pl_v, pl_c,
+                             s_kind, s_arg, cs_attr, need_moments)
+                p_dirty[p] = 0
+            meta[NDIRTY] = 0
             meta[LIVE] = t
         if qi == nq:
             break
         c = q_conn[qi]
         if c < 0 or c_n[c] == 0:
             continue
-        base = meta[BASE]
         n = c_n[c]
         out_n[qi] = n
-        # the connection's present pairs, their cached values brought up to date
-        npres = 0
         start = c_pstart[c]
-        for r in range(c_plen[c]):
-            p = pool[start + r]
-            if p_n[p] > 0:
-                if p_dirty[p]:
-                    _pair_values(p, st_secs, st_next_p, base, a_off, a_len, a_rank, p_n, p_sum, p_head, p_last,
-                                 p_cnt, p_vnum, p_vcat, s_kind, s_arg, cs_attr, need_moments)
-                    p_dirty[p] = 0
-                pres[npres] = p
-                npres += 1
+        length = c_plen[c]
         s_done[:] = 0
         col_sum[:, 0] = -1
         cat_sum[:, 0] = -1
@@ -353,6 +432,7 @@ def step(meta, window, cap, until,
         cm2 = 0.0
         cm3 = 0.0
         total = float(c_sum[c])
+        clo = c_ls[c] + c_lo[c]
         for f in range(num_op.shape[0]):
             op = num_op[f]
             if op == LOG_COUNT:
@@ -362,160 +442,209 @@ def step(meta, window, cap, until,
             elif op == LOG_MEAN:
                 v = total / n
             elif op == LOG_MIN:
-                v = float(st_secs[c_head[c] - base])
+                v = lane_c[clo]
             elif op == LOG_MAX:
-                v = float(st_secs[c_last[c] - base])
+                v = lane_c[clo + n - 1]
             elif op == LOG_STD or op == LOG_SKEW:
                 if not c_moments:
                     if n >= 2:
-                        cm2, cm3 = _chain_moments(c_head[c], n, total, st_next_c, st_secs, base)
+                        cm2, cm3 = _moments(lane_c, clo, n, total)
                     c_moments = True
                 if op == LOG_STD:
                     v = math.sqrt(cm2 / (n - 1)) if n >= 2 else np.nan
                 else:
                     v = _skew(float(n), cm2, cm3)
             elif op == LOG_NUNIQUE_ATTR:
-                a = num_a[f]
+                attr = num_a[f]
                 u = 0
-                for code in range(a_len[a]):
-                    if c_cnt[c, a_off[a] + code] > 0:
+                for code in range(a_len[attr]):
+                    if c_cnt[c, a_off[attr] + code] > 0:
                         u += 1
                 v = float(u)
             elif op == COL_NUNIQUE:
                 k = num_a[f]
                 if col_sum[k, 0] < 0:
-                    _column_summary(pres, npres, k, p_n, p_code, col_rank, col_off[k], bins, wbins, col_sum[k])
+                    _column_summary(start, length, k, pl_n, pl_code, col_rank, col_off[k], bins, wbins, col_sum[k])
                 v = float(col_sum[k, 0])
             elif op == PAIRS_COUNT:
-                v = float(npres)
+                v = float(c_npres[c])
             elif op == PAIRS_AGG:
                 j = num_a[f]
                 agg = num_b[f]
-                if s_done[j] == 0:
-                    cnt = 0.0
-                    sm = 0.0
-                    mn = np.inf
-                    mx = -np.inf
-                    for r in range(npres):
-                        x = p_vnum[pres[r], j]
-                        if not math.isnan(x):
-                            cnt += 1.0
-                            sm += x
-                            if x < mn:
-                                mn = x
-                            if x > mx:
-                                mx = x
-                    s_cnt[j], s_sum[j], s_min[j], s_max[j] = cnt, sm, mn, mx
-                    s_done[j] = 1
-                if (agg == AGG_STD or agg == AGG_SKEW) and s_done[j] == 1:
-                    mean = s_sum[j] / s_cnt[j] if s_cnt[j] > 0 else 0.0
-                    m2 = 0.0
-                    m3 = 0.0
-                    for r in range(npres):
-                        x = p_vnum[pres[r], j]
-                        if not math.isnan(x):
-                            d = x - mean
-                            m2 += d * d
-                            m3 += d * d * d
-                    s_m2[j], s_m3[j] = m2, m3
-                    s_done[j] = 2
-                cnt = s_cnt[j]
+                moments = agg == AGG_STD or agg == AGG_SKEW
+                if s_done[j] == 0 or (moments and s_done[j] == 1):
+                    _stream_summary(pl_v[j], start, length, moments, s_sum[j])
+                    s_done[j] = 2 if moments else 1
+                cnt = s_sum[j, 0]
                 if agg == AGG_SUM:
-                    v = s_sum[j]
+                    v = s_sum[j, 1]
                 elif cnt == 0:
                     v = np.nan
                 elif agg == AGG_MEAN:
-                    v = s_sum[j] / cnt
+                    v = s_sum[j, 1] / cnt
                 elif agg == AGG_MIN:
-                    v = s_min[j]
+                    v = s_sum[j, 2]
                 elif agg == AGG_MAX:
-                    v = s_max[j]
+                    v = s_sum[j, 3]
                 elif agg == AGG_STD:
                     if cnt < 2:
                         v = np.nan
-                    elif s_min[j] == s_max[j]:
+                    elif s_sum[j, 2] == s_sum[j, 3]:
                         v = 0.0  # pandas' Welford gives exactly 0 for equal values
                     else:
-                        v = math.sqrt(s_m2[j] / (cnt - 1))
+                        v = math.sqrt(s_sum[j, 4] / (cnt - 1))
                 else:
-                    v = _skew(cnt, s_m2[j], s_m3[j])
+                    v = _skew(cnt, s_sum[j, 4], s_sum[j, 5])
             else:  # PAIRS_CAT_NUNIQUE
                 j = num_a[f]
                 if cat_sum[j, 0] < 0:
-                    a = cs_attr[j]
-                    _cat_summary(pres, npres, j, p_vcat, a_len[a], a_rank[a_off[a]:], vcount, cat_sum[j])
+                    attr = cs_attr[j]
+                    _cat_summary(start, length, j, pl_c, a_len[attr], a_rank, a_off[attr], vcount, cat_sum[j])
                 v = float(cat_sum[j, 0])
             out_num[qi, f] = v
         for g in range(cat_op.shape[0]):
             op = cat_op[g]
             if op == LOG_MODE_ATTR:
-                a = cat_a[g]
-                out_cat[qi, g] = _mode(c_cnt[c], a_off[a], a_len[a], a_rank)
+                attr = cat_a[g]
+                out_cat[qi, g] = _mode(c_cnt[c], a_off[attr], a_len[attr], a_rank, a_off[attr])
             elif op == PAIRS_CAT_MODE:
                 j = cat_a[g]
                 if cat_sum[j, 0] < 0:
-                    a = cs_attr[j]
-                    _cat_summary(pres, npres, j, p_vcat, a_len[a], a_rank[a_off[a]:], vcount, cat_sum[j])
+                    attr = cs_attr[j]
+                    _cat_summary(start, length, j, pl_c, a_len[attr], a_rank, a_off[attr], vcount, cat_sum[j])
                 out_cat[qi, g] = cat_sum[j, 1]
             else:  # COL_MODE (by pairs) / COL_MODE_WEIGHTED (by log rows)
                 k = cat_a[g]
                 if col_sum[k, 0] < 0:
-                    _column_summary(pres, npres, k, p_n, p_code, col_rank, col_off[k], bins, wbins, col_sum[k])
+                    _column_summary(start, length, k, pl_n, pl_code, col_rank, col_off[k], bins, wbins, col_sum[k])
                 out_cat[qi, g] = col_sum[k, 2] if op == COL_MODE_WEIGHTED else col_sum[k, 1]
-    return applied
+    return applied, nq
+
+
+# ---------------------------------------------------------------------------- lists, pools
+@njit(cache=True)
+def _move_entry(src, dst, pl_pair, pl_n, pl_v, pl_c, pl_code, p_at):
+    p = pl_pair[src]
+    pl_pair[dst] = p
+    pl_n[dst] = pl_n[src]
+    for j in range(pl_v.shape[0]):
+        pl_v[j, dst] = pl_v[j, src]
+    for j in range(pl_c.shape[0]):
+        pl_c[j, dst] = pl_c[j, src]
+    for k in range(pl_code.shape[0]):
+        pl_code[k, dst] = pl_code[k, src]
+    p_at[p] = dst
 
 
 @njit(cache=True)
-def link_pairs(pairs, conns, c_pstart, c_plen, c_pcap, pool, p_pos, top):
-    """Append each new pair to its connection's pair list, moving a full list to the pool's
-    end with twice the room. Returns (pairs linked, new pool top); stops early when the
-    pool is full (the caller compacts or grows it and calls again with the rest)."""
+def link_pairs(pairs, conns, codes, c_pstart, c_plen, c_pcap, pl_pair, pl_n, pl_v, pl_c, pl_code, p_at, meta):
+    """Append new pairs (with their pair-column codes) to their connections' lists, moving a
+    full list to the pool's end with twice the room. Returns how many were linked: fewer
+    when the list pool is full (the caller grows it and calls again with the rest)."""
     for i in range(pairs.shape[0]):
         p = pairs[i]
         c = conns[i]
         n = c_plen[c]
         if n == c_pcap[c]:
-            cap = max(4, 2 * n)
-            if top + cap > pool.shape[0]:
-                return i, top
+            room = max(4, 2 * n)
+            top = meta[LTOP]
+            if top + room > pl_pair.shape[0]:
+                return i
             start = c_pstart[c]
             for r in range(n):
-                pool[top + r] = pool[start + r]
+                _move_entry(start + r, top + r, pl_pair, pl_n, pl_v, pl_c, pl_code, p_at)
             c_pstart[c] = top
-            c_pcap[c] = cap
-            top += cap
-        pool[c_pstart[c] + n] = p
-        p_pos[p] = n
+            c_pcap[c] = room
+            meta[LTOP] = top + room
+        a = c_pstart[c] + n
+        pl_pair[a] = p
+        pl_n[a] = 0
+        for j in range(pl_v.shape[0]):
+            pl_v[j, a] = np.nan
+        for j in range(pl_c.shape[0]):
+            pl_c[j, a] = -1
+        for k in range(pl_code.shape[0]):
+            pl_code[k, a] = codes[i, k]
+        p_at[p] = a
         c_plen[c] = n + 1
-    return pairs.shape[0], top
+    return pairs.shape[0]
 
 
 @njit(cache=True)
-def drop_idle(meta, zbuf, p_n, p_pend, p_inz, p_conn, p_pos, c_pstart, c_plen, c_pcap, pool, freed_pairs, freed_conns):
-    """Remove pairs that have nothing in the window and nothing pending from their
-    connection's pair list, and free connections left without pairs. Returns how many of
-    each were freed (their slots are in ``freed_*``)."""
+def drop_idle(meta, zbuf, p_n, p_pend, p_inz, p_conn, p_at, p_lc, c_pstart, c_plen, c_pcap, c_lc,
+              pl_pair, pl_n, pl_v, pl_c, pl_code, freed_pairs, freed_conns):
+    """Take pairs with nothing in the window and nothing pending out of their connection's
+    list (the list's last pair fills the gap), and free connections left without pairs.
+    Returns how many of each were freed (their slots are in ``freed_*``)."""
     npairs = 0
     nconns = 0
-    for k in range(meta[NZERO]):
-        p = zbuf[k]
+    for r in range(meta[NZERO]):
+        p = zbuf[r]
         p_inz[p] = 0
         if p_n[p] != 0 or p_pend[p] != 0:
             continue
         c = p_conn[p]
-        start = c_pstart[c]
-        last = c_plen[c] - 1
-        moved = pool[start + last]  # the list's last pair takes p's place
-        pool[start + p_pos[p]] = moved
-        p_pos[moved] = p_pos[p]
-        c_plen[c] = last
-        p_pos[p] = -1
+        last = c_pstart[c] + c_plen[c] - 1
+        hole = p_at[p]
+        if hole != last:
+            _move_entry(last, hole, pl_pair, pl_n, pl_v, pl_c, pl_code, p_at)
+        c_plen[c] -= 1
+        p_at[p] = -1
         p_conn[p] = -1
+        p_lc[p] = 0  # its lane region is left to the next compaction
         freed_pairs[npairs] = p
         npairs += 1
-        if last == 0:
+        if c_plen[c] == 0:
             c_pcap[c] = 0
+            c_lc[c] = 0
             freed_conns[nconns] = c
             nconns += 1
     meta[NZERO] = 0
     return npairs, nconns
+
+
+@njit(cache=True)
+def compact_lanes(n, ls, lc, lo, lane, lane_i, new_lane, new_lane_i):
+    """Copy every live lane into ``new_*`` with room for twice its values; returns the top."""
+    top = 0
+    for g in range(n.shape[0]):
+        if lc[g] == 0:
+            continue
+        room = 4
+        while room < 2 * n[g]:
+            room *= 2
+        for r in range(n[g]):
+            new_lane[top + r] = lane[ls[g] + lo[g] + r]
+            new_lane_i[top + r] = lane_i[ls[g] + lo[g] + r]
+        ls[g] = top
+        lc[g] = room
+        lo[g] = 0
+        top += room
+    return top
+
+
+@njit(cache=True)
+def compact_lists(c_pstart, c_plen, c_pcap, pl_pair, pl_n, pl_v, pl_c, pl_code, p_at,
+                  new_pair, new_n, new_v, new_c, new_code):
+    """Copy every connection's pair list into the ``new_*`` pool (same room); returns the top."""
+    top = 0
+    for c in range(c_pstart.shape[0]):
+        if c_pcap[c] == 0:
+            continue
+        start = c_pstart[c]
+        for r in range(c_plen[c]):
+            src = start + r
+            dst = top + r
+            p = pl_pair[src]
+            new_pair[dst] = p
+            new_n[dst] = pl_n[src]
+            for j in range(pl_v.shape[0]):
+                new_v[j, dst] = pl_v[j, src]
+            for j in range(pl_c.shape[0]):
+                new_c[j, dst] = pl_c[j, src]
+            for k in range(pl_code.shape[0]):
+                new_code[k, dst] = pl_code[k, src]
+            p_at[p] = dst
+        c_pstart[c] = top
+        top += c_pcap[c]
+    return top
