@@ -457,9 +457,9 @@ class CompiledEngine(EngineSettings):
         return (
             np.full(size, -1, dtype=np.int64),
             np.zeros(size, dtype=np.int64),
-            np.full((len(self._s_kind), size), np.nan),
-            np.full((len(self._cs_attr), size), -1, dtype=np.int64),
-            np.full((max(len(self._pair_cols), 1), size), -1, dtype=np.int64),
+            np.full((size, len(self._s_kind)), np.nan),
+            np.full((size, len(self._cs_attr)), -1, dtype=np.int64),
+            np.full((size, max(len(self._pair_cols), 1)), -1, dtype=np.int64),
         )
 
     def _link(self, pairs: np.ndarray, conns: np.ndarray, codes: np.ndarray) -> None:

@@ -190,9 +190,9 @@ def _pair_values(p, a, lane_p, p_n, p_sum, p_ls, p_lo, p_cnt, a_off, a_len, a_ra
     n = p_n[p]
     if n == 0:
         for j in range(s_kind.shape[0]):
-            pl_v[j, a] = np.nan
+            pl_v[a, j] = np.nan
         for j in range(cs_attr.shape[0]):
-            pl_c[j, a] = -1
+            pl_c[a, j] = -1
         return
     total = float(p_sum[p])
     lo = p_ls[p] + p_lo[p]
@@ -225,10 +225,10 @@ def _pair_values(p, a, lane_p, p_n, p_sum, p_ls, p_lo, p_cnt, a_off, a_len, a_ra
             v = float(u)
         else:  # S_ONE
             v = 1.0
-        pl_v[j, a] = v
+        pl_v[a, j] = v
     for j in range(cs_attr.shape[0]):
         attr = cs_attr[j]
-        pl_c[j, a] = _mode(p_cnt[p], a_off[attr], a_len[attr], a_rank, a_off[attr])
+        pl_c[a, j] = _mode(p_cnt[p], a_off[attr], a_len[attr], a_rank, a_off[attr])
 
 
 # ---------------------------------------------------------------------------- summaries
@@ -239,7 +239,7 @@ def _column_summary(start, length, k, pl_n, pl_code, col_rank, lo, bins, wbins, 
     u = 0
     for a in range(start, start + length):
         if pl_n[a] > 0:
-            b = pl_code[k, a]
+            b = pl_code[a, k]
             if bins[b] == 0:
                 u += 1
             bins[b] += 1
@@ -251,7 +251,7 @@ def _column_summary(start, length, k, pl_n, pl_code, col_rank, lo, bins, wbins, 
     wbest_n = 0
     wbest_r = 0
     for a in range(start, start + length):
-        code = pl_code[k, a]
+        code = pl_code[a, k]
         cnt = bins[code]
         if cnt > 0:
             rk = col_rank[lo + code]
@@ -273,7 +273,7 @@ def _cat_summary(start, length, j, pl_c, width, rank, rank_lo, vcount, out):
     distinct values and the most frequent one (ties: lowest rank; -1 = NaN, skipped)."""
     u = 0
     for a in range(start, start + length):
-        code = pl_c[j, a]
+        code = pl_c[a, j]
         if code >= 0:
             if vcount[code] == 0:
                 u += 1
@@ -281,38 +281,46 @@ def _cat_summary(start, length, j, pl_c, width, rank, rank_lo, vcount, out):
     out[0] = u
     out[1] = _mode(vcount, 0, width, rank, rank_lo)
     for a in range(start, start + length):
-        code = pl_c[j, a]
+        code = pl_c[a, j]
         if code >= 0:
             vcount[code] = 0
 
 
 @njit(cache=True)
-def _stream_summary(row, start, length, moments, out):
-    """A numeric stream over a connection's pairs (NaN skipped), into ``out``: count, sum,
-    min, max and, if asked, the sums of squared and cubed deviations from the float mean."""
-    cnt = 0.0
-    sm = 0.0
-    mn = np.inf
-    mx = -np.inf
+def _stream_summaries(pl_v, start, length, s_mom, out):
+    """Every numeric stream over a connection's pairs (NaN skipped), into ``out[j]``: count,
+    sum, min, max and, for streams with ``s_mom[j]``, the sums of squared and cubed
+    deviations from the float mean. Two sweeps over the connection's rows of values."""
+    ns = pl_v.shape[1]
+    for j in range(ns):
+        out[j, 0] = 0.0
+        out[j, 1] = 0.0
+        out[j, 2] = np.inf
+        out[j, 3] = -np.inf
+        out[j, 4] = 0.0
+        out[j, 5] = 0.0
     for a in range(start, start + length):
-        x = row[a]
-        if not math.isnan(x):
-            cnt += 1.0
-            sm += x
-            mn = min(mn, x)
-            mx = max(mx, x)
-    out[0], out[1], out[2], out[3] = cnt, sm, mn, mx
-    if moments:
-        mean = sm / cnt if cnt > 0 else 0.0
-        m2 = 0.0
-        m3 = 0.0
-        for a in range(start, start + length):
-            x = row[a]
+        for j in range(ns):
+            x = pl_v[a, j]
             if not math.isnan(x):
-                d = x - mean
-                m2 += d * d
-                m3 += d * d * d
-        out[4], out[5] = m2, m3
+                out[j, 0] += 1.0
+                out[j, 1] += x
+                out[j, 2] = min(out[j, 2], x)
+                out[j, 3] = max(out[j, 3], x)
+    any_mom = False
+    for j in range(ns):
+        if s_mom[j]:
+            any_mom = True
+            out[j, 6] = out[j, 1] / out[j, 0] if out[j, 0] > 0 else 0.0
+    if any_mom:
+        for a in range(start, start + length):
+            for j in range(ns):
+                if s_mom[j]:
+                    x = pl_v[a, j]
+                    if not math.isnan(x):
+                        d = x - out[j, 6]
+                        out[j, 4] += d * d
+                        out[j, 5] += d * d * d
 
 
 # ---------------------------------------------------------------------------- the step
@@ -348,8 +356,11 @@ def step(meta, window, cap, until,
     vcount = np.zeros(max_width, dtype=np.int64)
     col_sum = np.zeros((col_off.shape[0], 3), dtype=np.int64)
     cat_sum = np.zeros((max(cs_attr.shape[0], 1), 2), dtype=np.int64)
-    s_sum = np.zeros((max(n_streams, 1), 6))
-    s_done = np.zeros(max(n_streams, 1), dtype=np.int64)
+    s_sum = np.zeros((max(n_streams, 1), 7))
+    s_mom = np.zeros(max(n_streams, 1), dtype=np.bool_)  # streams aggregated by STD or SKEW
+    for f in range(num_op.shape[0]):
+        if num_op[f] == PAIRS_AGG and (num_b[f] == AGG_STD or num_b[f] == AGG_SKEW):
+            s_mom[num_a[f]] = True
     applied = 0
     n_pend = pend_secs.shape[0]
     nq = q_t.shape[0]
@@ -425,7 +436,7 @@ def step(meta, window, cap, until,
         out_n[qi] = n
         start = c_pstart[c]
         length = c_plen[c]
-        s_done[:] = 0
+        s_done = False
         col_sum[:, 0] = -1
         cat_sum[:, 0] = -1
         c_moments = False
@@ -471,10 +482,9 @@ def step(meta, window, cap, until,
             elif op == PAIRS_AGG:
                 j = num_a[f]
                 agg = num_b[f]
-                moments = agg == AGG_STD or agg == AGG_SKEW
-                if s_done[j] == 0 or (moments and s_done[j] == 1):
-                    _stream_summary(pl_v[j], start, length, moments, s_sum[j])
-                    s_done[j] = 2 if moments else 1
+                if not s_done:
+                    _stream_summaries(pl_v, start, length, s_mom, s_sum)
+                    s_done = True
                 cnt = s_sum[j, 0]
                 if agg == AGG_SUM:
                     v = s_sum[j, 1]
@@ -527,12 +537,9 @@ def _move_entry(src, dst, pl_pair, pl_n, pl_v, pl_c, pl_code, p_at):
     p = pl_pair[src]
     pl_pair[dst] = p
     pl_n[dst] = pl_n[src]
-    for j in range(pl_v.shape[0]):
-        pl_v[j, dst] = pl_v[j, src]
-    for j in range(pl_c.shape[0]):
-        pl_c[j, dst] = pl_c[j, src]
-    for k in range(pl_code.shape[0]):
-        pl_code[k, dst] = pl_code[k, src]
+    pl_v[dst] = pl_v[src]
+    pl_c[dst] = pl_c[src]
+    pl_code[dst] = pl_code[src]
     p_at[p] = dst
 
 
@@ -559,12 +566,9 @@ def link_pairs(pairs, conns, codes, c_pstart, c_plen, c_pcap, pl_pair, pl_n, pl_
         a = c_pstart[c] + n
         pl_pair[a] = p
         pl_n[a] = 0
-        for j in range(pl_v.shape[0]):
-            pl_v[j, a] = np.nan
-        for j in range(pl_c.shape[0]):
-            pl_c[j, a] = -1
-        for k in range(pl_code.shape[0]):
-            pl_code[k, a] = codes[i, k]
+        pl_v[a] = np.nan
+        pl_c[a] = -1
+        pl_code[a] = codes[i]
         p_at[p] = a
         c_plen[c] = n + 1
     return pairs.shape[0]
@@ -638,12 +642,9 @@ def compact_lists(c_pstart, c_plen, c_pcap, pl_pair, pl_n, pl_v, pl_c, pl_code, 
             p = pl_pair[src]
             new_pair[dst] = p
             new_n[dst] = pl_n[src]
-            for j in range(pl_v.shape[0]):
-                new_v[j, dst] = pl_v[j, src]
-            for j in range(pl_c.shape[0]):
-                new_c[j, dst] = pl_c[j, src]
-            for k in range(pl_code.shape[0]):
-                new_code[k, dst] = pl_code[k, src]
+            new_v[dst] = pl_v[src]
+            new_c[dst] = pl_c[src]
+            new_code[dst] = pl_code[src]
             p_at[p] = dst
         c_pstart[c] = top
         top += c_pcap[c]
