@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Sequence
+from itertools import repeat
 from operator import attrgetter
 
 import featuretools as ft
@@ -44,7 +45,7 @@ from .base import (
     Cutoff,
     EngineSettings,
     EngineStats,
-    frame,
+    frame_of,
     make_column,
 )
 from .oracle import OracleEngine
@@ -447,7 +448,12 @@ class CompiledEngine(EngineSettings):
         codes = np.empty((m, max(len(self._pair_cols), 1)), dtype=np.int64)
         for j, col in enumerate(self._pair_cols):
             code = self.vocab[col].code
-            codes[:, j] = [code(self._column_value(col, key, cid)) for key, cid in zip(new_keys, conn_ids, strict=True)]
+            if col in IDENTITY_FIELDS:
+                f = IDENTITY_FIELDS.index(col)
+                values = [key[f] for key in new_keys]
+            else:
+                values = [self._column_value(col, key, cid) for key, cid in zip(new_keys, conn_ids, strict=True)]
+            codes[:, j] = list(map(code, values))
         self._link(slot_arr, conn_arr, codes)
         return np.array([index[key] if slot is None else slot for key, slot in zip(keys, slots, strict=True)],
                         dtype=np.int64)  # fmt: skip
@@ -585,11 +591,11 @@ class CompiledEngine(EngineSettings):
 
     # ================================================================== output
     def features_at(self, cutoffs: Sequence[Cutoff]) -> pd.DataFrame:
-        cutoffs = [(str(c), int(t)) for c, t in cutoffs]
         self._materialize()
         Q = len(cutoffs)
-        q_conn = np.fromiter((self._conn_index.get(c, -1) for c, _ in cutoffs), dtype=np.int64, count=Q)
+        ids = np.array([str(c) for c, _ in cutoffs], dtype=object)
         q_t = np.fromiter((t for _, t in cutoffs), dtype=np.int64, count=Q)
+        q_conn = np.fromiter(map(self._conn_index.get, ids, repeat(-1)), dtype=np.int64, count=Q)
         if Q and self._watermark is not None and q_t.min() < self._watermark:
             raise ValueError(f"cutoff {q_t.min()} is before the watermark {self._watermark}")
         if Q and self._live is not None and q_t.min() < self._live:
@@ -620,7 +626,7 @@ class CompiledEngine(EngineSettings):
             for name in fb.columns:
                 columns[name] = fb[name].array
         self._cutoffs += Q
-        return frame(cutoffs, self.kind, {n: columns[n] for n in self.names})
+        return frame_of(ids, q_t, self.kind, {n: columns[n] for n in self.names})
 
     # ================================================================== watermark
     def advance(self, watermark_secs: int) -> None:
