@@ -28,7 +28,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from itertools import repeat
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 
 import featuretools as ft
 import numpy as np
@@ -75,7 +75,8 @@ class Vocab:
         self._sorted = np.empty(0, dtype=object)  # values in sorted order
         self._by_rank = np.empty(0, dtype=np.int64)  # code of each sorted value
         self._rank = np.empty(0, dtype=np.int64)  # position of each code in sorted order
-        self._array = np.empty(0, dtype=object)  # values by code
+        self._array = np.empty(64, dtype=object)  # values by code (room to grow)
+        self._in_array = 0
         self._dtype: pd.CategoricalDtype | None = None
 
     def code(self, value: str) -> int:
@@ -85,49 +86,53 @@ class Vocab:
             self.values.append(value)
         return c
 
-    def _update(self) -> None:
-        """Insert values added since the last call into the sorted order (vocabularies only grow)."""
-        done = self._done
-        if done == len(self.values):
-            return
-        new = np.array(self.values[done:], dtype=object)
-        order = np.argsort(new, kind="stable")
-        new_sorted = new[order]
-        at = np.searchsorted(self._sorted, new_sorted) if len(self._sorted) else np.zeros(len(new), np.int64)
-        self._by_rank = np.insert(self._by_rank, at, done + order).astype(np.int64)
-        self._sorted = np.insert(self._sorted, at, new_sorted)
-        self._rank = np.empty(len(self._by_rank), dtype=np.int64)
-        self._rank[self._by_rank] = np.arange(len(self._by_rank))
-        self._array = np.concatenate([self._array, new])
-        self._done = len(self.values)
-
     def rank(self) -> np.ndarray:
-        """``rank[code]`` = position of the value in sorted order."""
-        self._update()
+        """``rank[code]`` = position of the value in sorted order (new values inserted)."""
+        done = self._done
+        if done < len(self.values):
+            new = np.array(self.values[done:], dtype=object)
+            order = np.argsort(new, kind="stable")
+            new_sorted = new[order]
+            at = np.searchsorted(self._sorted, new_sorted) if len(self._sorted) else np.zeros(len(new), np.int64)
+            self._by_rank = np.insert(self._by_rank, at, done + order).astype(np.int64)
+            self._sorted = np.insert(self._sorted, at, new_sorted)
+            self._rank = np.empty(len(self._by_rank), dtype=np.int64)
+            self._rank[self._by_rank] = np.arange(len(self._by_rank))
+            self._done = len(self.values)
         return self._rank
+
+    def array(self) -> np.ndarray:
+        """The values by code as an object array (a view; grown by doubling)."""
+        n = len(self.values)
+        if self._in_array < n:
+            if n > len(self._array):
+                grown = np.empty(max(n, 2 * len(self._array)), dtype=object)
+                grown[: self._in_array] = self._array[: self._in_array]
+                self._array = grown
+            self._array[self._in_array : n] = self.values[self._in_array : n]
+            self._in_array = n
+        return self._array[:n]
 
     def categoricals(self, columns: Sequence[np.ndarray]) -> list[pd.Categorical]:
         """Code arrays (-1 = missing) as pandas Categoricals with one shared dtype: the whole
-        sorted vocabulary when it is small, else the values that occur, sorted
-        (featuretools' categories are the values of its EntitySet, so neither is "right")."""
-        self._update()
+        sorted vocabulary when it is small, else the values that occur (unordered
+        categoricals; featuretools' categories are the values of its EntitySet, so neither is
+        more right than the other)."""
         if len(self.values) <= _SMALL_VOCAB:
+            rank = self.rank()
             if self._dtype is None or len(self._dtype.categories) != len(self.values):
                 self._dtype = _dtype(self._sorted)
             if not len(self.values):
                 return [_from_codes(np.full(len(c), -1, dtype=np.int64), self._dtype) for c in columns]
-            return [_from_codes(np.where(c >= 0, self._rank[np.maximum(c, 0)], -1), self._dtype) for c in columns]
+            return [_from_codes(np.where(c >= 0, rank[np.maximum(c, 0)], -1), self._dtype) for c in columns]
         used = np.unique(np.concatenate([c[c >= 0] for c in columns]))
-        order = np.argsort(self._rank[used])
-        position = np.empty(len(used), dtype=np.int64)
-        position[order] = np.arange(len(used))
-        dtype = _dtype(self._array[used[order]])
+        dtype = _dtype(self.array()[used])
         out = []
         for c in columns:
-            ranked = np.full(len(c), -1, dtype=np.int64)
+            position = np.full(len(c), -1, dtype=np.int64)
             ok = c >= 0
-            ranked[ok] = position[np.searchsorted(used, c[ok])]
-            out.append(_from_codes(ranked, dtype))
+            position[ok] = np.searchsorted(used, c[ok])
+            out.append(_from_codes(position, dtype))
         return out
 
 
@@ -203,7 +208,8 @@ class CompiledEngine(EngineSettings):
                 base_epoch=base_epoch,
                 max_events_per_connection=max_events_per_connection,
             )
-        self._conn_pos = [IDENTITY_FIELDS.index(f) for f in connection_fields(kind)]
+        conn_pos = [IDENTITY_FIELDS.index(f) for f in connection_fields(kind)]
+        self._conn_parts = itemgetter(*conn_pos, conn_pos[0])  # a pair key's fields that make its connection
         self._index = target_index(kind)
         self.vocab: dict[str, Vocab] = {c: Vocab() for c in (*IDENTITY_FIELDS, *ATTRIBUTE_FIELDS)}
         self.vocab.setdefault(self._index, Vocab())
@@ -435,8 +441,8 @@ class CompiledEngine(EngineSettings):
             index[key] = slot
             self._pair_key[slot] = key
         self.P.ensure(len(self._pair_key))
-        pos = self._conn_pos
-        conn_ids = [SEPARATOR.join([key[j] for j in pos]) for key in new_keys]
+        parts = self._conn_parts
+        conn_ids = [SEPARATOR.join(parts(key)[:-1]) for key in new_keys]
         conn_index = self._conn_index
         conns = [conn_index.get(c) for c in conn_ids]
         for i, c in enumerate(conns):
@@ -453,9 +459,11 @@ class CompiledEngine(EngineSettings):
                 values = [key[f] for key in new_keys]
             else:
                 values = [self._column_value(col, key, cid) for key, cid in zip(new_keys, conn_ids, strict=True)]
-            codes[:, j] = list(map(code, values))
+            known = list(map(self.vocab[col].index.get, values))
+            codes[:, j] = [code(v) if c is None else c for v, c in zip(values, known, strict=True)]
         self._link(slot_arr, conn_arr, codes)
-        return np.array([index[key] if slot is None else slot for key, slot in zip(keys, slots, strict=True)],
+        created = dict(zip(new_keys, new_slots, strict=True))
+        return np.array([created[key] if slot is None else slot for key, slot in zip(keys, slots, strict=True)],
                         dtype=np.int64)  # fmt: skip
 
     def _new_lists(self, size: int) -> tuple[np.ndarray, ...]:
@@ -648,10 +656,12 @@ class CompiledEngine(EngineSettings):
         freed_c = np.empty_like(freed_p)
         np_, nc = k.drop_idle(self._meta, P.zbuf, P.n, P.pend, P.inz, P.conn, P.at, P.lc, C.pstart, C.plen, C.pcap,
                               C.lc, *self._lists, freed_p, freed_c)  # fmt: skip
-        for slot in freed_p[:np_].tolist():
-            del self._pair_index[self._pair_key[slot]]
-            self._pair_key[slot] = None
-            self._free_pairs.append(slot)
+        index, keys = self._pair_index, self._pair_key
+        freed = freed_p[:np_].tolist()
+        for slot in freed:
+            del index[keys[slot]]
+            keys[slot] = None
+        self._free_pairs.extend(freed)
         for conn in freed_c[:nc].tolist():
             del self._conn_index[self._conn_ids[conn]]
             self._conn_ids[conn] = None
