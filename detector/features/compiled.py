@@ -233,7 +233,7 @@ class CompiledEngine(EngineSettings):
         self.P = _Slots(
             1024,
             n=(np.int64, 0), sum=(np.int64, 0), pend=(np.int64, 0), conn=(np.int64, -1), at=(np.int64, -1),
-            dirty=(np.uint8, 0), inz=(np.uint8, 0), zbuf=(np.int64, -1), dstack=(np.int64, -1),
+            inz=(np.uint8, 0), zbuf=(np.int64, -1),
             cnt=(np.int64, 0, W), ls=(np.int64, 0), lc=(np.int64, 0), lo=(np.int64, 0),
         )  # fmt: skip
         # -- connections
@@ -242,7 +242,7 @@ class CompiledEngine(EngineSettings):
         self._free_conns: list[int] = []
         self.C = _Slots(
             1024,
-            n=(np.int64, 0), sum=(np.int64, 0), npres=(np.int64, 0), cnt=(np.int64, 0, W),
+            n=(np.int64, 0), sum=(np.int64, 0), npres=(np.int64, 0), ndirty=(np.int64, 0), cnt=(np.int64, 0, W),
             ls=(np.int64, 0), lc=(np.int64, 0), lo=(np.int64, 0),
             pstart=(np.int64, 0), plen=(np.int64, 0), pcap=(np.int64, 0),
             **{"col_" + c: (np.int64, -1) for c in self._target_cols},
@@ -467,10 +467,12 @@ class CompiledEngine(EngineSettings):
                         dtype=np.int64)  # fmt: skip
 
     def _new_lists(self, size: int) -> tuple[np.ndarray, ...]:
-        """An empty list pool: pair, window count, numeric and categorical values, column codes."""
+        """An empty list pool: pair, window count, stale flag, numeric and categorical values,
+        column codes."""
         return (
             np.full(size, -1, dtype=np.int64),
             np.zeros(size, dtype=np.int64),
+            np.zeros(size, dtype=np.uint8),
             np.full((size, len(self._s_kind)), np.nan),
             np.full((size, len(self._cs_attr)), -1, dtype=np.int64),
             np.full((size, max(len(self._pair_cols), 1)), -1, dtype=np.int64),
@@ -577,9 +579,9 @@ class CompiledEngine(EngineSettings):
             applied, answered = k.step(
                 meta, self.window_secs, self.max_events or 0, until,
                 S.secs, S.pair, S.conn, S.dead, S.codes,
-                P.n, P.sum, P.pend, P.at, P.dirty, P.inz, P.cnt, P.ls, P.lc, P.lo, *self._lanes["P"],
+                P.n, P.sum, P.pend, P.at, P.inz, P.cnt, P.ls, P.lc, P.lo, *self._lanes["P"],
                 C.n, C.sum, C.npres, C.cnt, C.ls, C.lc, C.lo, *self._lanes["C"], C.pstart, C.plen,
-                *self._lists[1:], P.dstack, P.zbuf, max(self._col_sizes, default=1),
+                *self._lists, C.ndirty, P.zbuf, max(self._col_sizes, default=1),
                 self._a_off, self._a_len, self._a_rank, self._col_rank, self._col_off,
                 self._s_kind, self._s_arg, self._cs_attr, self._num_op, self._num_a, self._num_b, self._cat_op,
                 self._cat_a, self._pd_pair, self._pd_conn, self._pd_secs, self._pd_codes,
@@ -655,7 +657,7 @@ class CompiledEngine(EngineSettings):
         freed_p = np.empty(max(int(self._meta[k.NZERO]), 1), dtype=np.int64)
         freed_c = np.empty_like(freed_p)
         np_, nc = k.drop_idle(self._meta, P.zbuf, P.n, P.pend, P.inz, P.conn, P.at, P.lc, C.pstart, C.plen, C.pcap,
-                              C.lc, *self._lists, freed_p, freed_c)  # fmt: skip
+                              C.lc, C.ndirty, *self._lists, freed_p, freed_c)  # fmt: skip
         index, keys = self._pair_index, self._pair_key
         freed = freed_p[:np_].tolist()
         for slot in freed:

@@ -15,7 +15,7 @@ of room they stop and say so (``meta[FULL]``); the Python side grows it and call
   (``c_pstart[c]`` .. ``+ c_plen[c]``), with each pair's window count (``pl_n``), its values
   of the numeric and categorical streams the plan aggregates over pairs (``pl_v``, ``pl_c``:
   NaN / -1 while absent) and its pair-column codes (``pl_code``). A cutoff reads them in
-  contiguous sweeps; a pair's values are recomputed once per time step in which it changed.
+  contiguous sweeps; a changed pair is flagged stale and recomputed when a cutoff reads it.
 
 STD uses ddof=1; SKEW is pandas' ``nanskew`` (moments below 1e-14 zeroed, 0 for constant
 data, NaN below 3 values); reductions over pairs skip NaN like pandas' groupby. Ties in MODE
@@ -30,8 +30,8 @@ import numpy as np
 from numba import njit
 
 # meta slots
-BASE, SIZE, EVICT, LIVE, CAPPED, NZERO, NDIRTY, PTOP, CTOP, LTOP, FULL = range(11)
-META_SIZE = 11
+BASE, SIZE, EVICT, LIVE, CAPPED, NZERO, PTOP, CTOP, LTOP, FULL = range(10)
+META_SIZE = 10
 #: live time before anything happened
 NEVER = -(1 << 62)
 # meta[FULL] values: which pool ran out of room
@@ -145,16 +145,16 @@ def _lane_push(g, n, secs, idx, ls, lc, lo, lane, lane_i, meta, top_slot):
 
 # ---------------------------------------------------------------------------- updates
 @njit(cache=True)
-def _mark(p, p_dirty, dstack, meta):
-    if p_dirty[p] == 0:
-        p_dirty[p] = 1
-        dstack[meta[NDIRTY]] = p
-        meta[NDIRTY] += 1
+def _mark(a, c, pl_dirty, c_ndirty):
+    """The pair at list position ``a`` (of connection ``c``) changed: its values are stale."""
+    if pl_dirty[a] == 0:
+        pl_dirty[a] = 1
+        c_ndirty[c] += 1
 
 
 @njit(cache=True)
-def _remove_oldest(i, st_secs, st_pair, st_conn, st_codes, a_off, p_n, p_sum, p_lo, p_cnt, p_at, p_dirty, p_inz,
-                   c_n, c_sum, c_lo, c_cnt, c_npres, pl_n, dstack, zbuf, meta):
+def _remove_oldest(i, st_secs, st_pair, st_conn, st_codes, a_off, p_n, p_sum, p_lo, p_cnt, p_at, p_inz,
+                   c_n, c_sum, c_lo, c_cnt, c_npres, c_ndirty, pl_n, pl_dirty, zbuf, meta):
     """Remove store event ``i`` (physical), the oldest of its pair and of its connection."""
     p = st_pair[i]
     c = st_conn[i]
@@ -171,7 +171,7 @@ def _remove_oldest(i, st_secs, st_pair, st_conn, st_codes, a_off, p_n, p_sum, p_
             p_cnt[p, a_off[a] + code] -= 1
             c_cnt[c, a_off[a] + code] -= 1
     pl_n[p_at[p]] -= 1
-    _mark(p, p_dirty, dstack, meta)
+    _mark(p_at[p], c, pl_dirty, c_ndirty)
     if p_n[p] == 0:
         p_lo[p] = 0
         c_npres[c] -= 1
@@ -290,46 +290,40 @@ def _cat_summary(start, length, j, pl_c, width, rank, rank_lo, vcount, out):
 def _stream_summaries(pl_v, start, length, s_mom, out):
     """Every numeric stream over a connection's pairs (NaN skipped), into ``out[j]``: count,
     sum, min, max and, for streams with ``s_mom[j]``, the sums of squared and cubed
-    deviations from the float mean. Two sweeps over the connection's rows of values."""
-    ns = pl_v.shape[1]
-    for j in range(ns):
-        out[j, 0] = 0.0
-        out[j, 1] = 0.0
-        out[j, 2] = np.inf
-        out[j, 3] = -np.inf
-        out[j, 4] = 0.0
-        out[j, 5] = 0.0
-    for a in range(start, start + length):
-        for j in range(ns):
-            x = pl_v[a, j]
-            if not math.isnan(x):
-                out[j, 0] += 1.0
-                out[j, 1] += x
-                out[j, 2] = min(out[j, 2], x)
-                out[j, 3] = max(out[j, 3], x)
-    any_mom = False
-    for j in range(ns):
-        if s_mom[j]:
-            any_mom = True
-            out[j, 6] = out[j, 1] / out[j, 0] if out[j, 0] > 0 else 0.0
-    if any_mom:
+    deviations from the float mean (two passes, as pandas)."""
+    for j in range(pl_v.shape[1]):
+        cnt = 0.0
+        sm = 0.0
+        mn = np.inf
+        mx = -np.inf
         for a in range(start, start + length):
-            for j in range(ns):
-                if s_mom[j]:
-                    x = pl_v[a, j]
-                    if not math.isnan(x):
-                        d = x - out[j, 6]
-                        out[j, 4] += d * d
-                        out[j, 5] += d * d * d
+            x = pl_v[a, j]
+            if x == x:  # not NaN
+                cnt += 1.0
+                sm += x
+                mn = min(mn, x)
+                mx = max(mx, x)
+        m2 = 0.0
+        m3 = 0.0
+        if s_mom[j] and cnt > 0:
+            mean = sm / cnt
+            for a in range(start, start + length):
+                x = pl_v[a, j]
+                if x == x:
+                    d = x - mean
+                    d2 = d * d
+                    m2 += d2
+                    m3 += d2 * d
+        out[j, 0], out[j, 1], out[j, 2], out[j, 3], out[j, 4], out[j, 5] = cnt, sm, mn, mx, m2, m3
 
 
 # ---------------------------------------------------------------------------- the step
 @njit(cache=True)
 def step(meta, window, cap, until,
          st_secs, st_pair, st_conn, st_dead, st_codes,
-         p_n, p_sum, p_pend, p_at, p_dirty, p_inz, p_cnt, p_ls, p_lc, p_lo, lane_p, lane_pi,
+         p_n, p_sum, p_pend, p_at, p_inz, p_cnt, p_ls, p_lc, p_lo, lane_p, lane_pi,
          c_n, c_sum, c_npres, c_cnt, c_ls, c_lc, c_lo, lane_c, lane_ci, c_pstart, c_plen,
-         pl_n, pl_v, pl_c, pl_code, dstack, zbuf, max_code,
+         pl_pair, pl_n, pl_dirty, pl_v, pl_c, pl_code, c_ndirty, zbuf, max_code,
          a_off, a_len, a_rank, col_rank, col_off,
          s_kind, s_arg, cs_attr, num_op, num_a, num_b, cat_op, cat_a,
          pend_pair, pend_conn, pend_secs, pend_codes,
@@ -356,7 +350,7 @@ def step(meta, window, cap, until,
     vcount = np.zeros(max_width, dtype=np.int64)
     col_sum = np.zeros((col_off.shape[0], 3), dtype=np.int64)
     cat_sum = np.zeros((max(cs_attr.shape[0], 1), 2), dtype=np.int64)
-    s_sum = np.zeros((max(n_streams, 1), 7))
+    s_sum = np.zeros((max(n_streams, 1), 6))
     s_mom = np.zeros(max(n_streams, 1), dtype=np.bool_)  # streams aggregated by STD or SKEW
     for f in range(num_op.shape[0]):
         if num_op[f] == PAIRS_AGG and (num_b[f] == AGG_STD or num_b[f] == AGG_SKEW):
@@ -402,12 +396,12 @@ def step(meta, window, cap, until,
                 c_sum[c] += secs
                 pl_n[p_at[p]] += 1
                 p_pend[p] -= 1
-                _mark(p, p_dirty, dstack, meta)
+                _mark(p_at[p], c, pl_dirty, c_ndirty)
                 if cap > 0 and c_n[c] > cap:  # drop the connection's oldest window event
                     old = lane_ci[c_ls[c] + c_lo[c]] - base
                     st_dead[old] = 1
                     _remove_oldest(old, st_secs, st_pair, st_conn, st_codes, a_off, p_n, p_sum, p_lo, p_cnt, p_at,
-                                   p_dirty, p_inz, c_n, c_sum, c_lo, c_cnt, c_npres, pl_n, dstack, zbuf, meta)
+                                   p_inz, c_n, c_sum, c_lo, c_cnt, c_npres, c_ndirty, pl_n, pl_dirty, zbuf, meta)
                     meta[CAPPED] += 1
                 applied += 1
             oldest = t - window
@@ -417,15 +411,8 @@ def step(meta, window, cap, until,
                 if st_dead[i] == 0:
                     st_dead[i] = 1
                     _remove_oldest(i, st_secs, st_pair, st_conn, st_codes, a_off, p_n, p_sum, p_lo, p_cnt, p_at,
-                                   p_dirty, p_inz, c_n, c_sum, c_lo, c_cnt, c_npres, pl_n, dstack, zbuf, meta)
+                                   p_inz, c_n, c_sum, c_lo, c_cnt, c_npres, c_ndirty, pl_n, pl_dirty, zbuf, meta)
                 meta[EVICT] += 1
-            # -- the changed pairs' values, once per step
-            for r in range(meta[NDIRTY]):
-                p = dstack[r]
-                _pair_values(p, p_at[p], lane_p, p_n, p_sum, p_ls, p_lo, p_cnt, a_off, a_len, a_rank, pl_v, pl_c,
-                             s_kind, s_arg, cs_attr, need_moments)
-                p_dirty[p] = 0
-            meta[NDIRTY] = 0
             meta[LIVE] = t
         if qi == nq:
             break
@@ -436,6 +423,13 @@ def step(meta, window, cap, until,
         out_n[qi] = n
         start = c_pstart[c]
         length = c_plen[c]
+        if c_ndirty[c]:  # bring the values of the pairs that changed up to date
+            for a in range(start, start + length):
+                if pl_dirty[a]:
+                    _pair_values(pl_pair[a], a, lane_p, p_n, p_sum, p_ls, p_lo, p_cnt, a_off, a_len, a_rank, pl_v,
+                                 pl_c, s_kind, s_arg, cs_attr, need_moments)
+                    pl_dirty[a] = 0
+            c_ndirty[c] = 0
         s_done = False
         col_sum[:, 0] = -1
         cat_sum[:, 0] = -1
@@ -533,10 +527,11 @@ def step(meta, window, cap, until,
 
 # ---------------------------------------------------------------------------- lists, pools
 @njit(cache=True)
-def _move_entry(src, dst, pl_pair, pl_n, pl_v, pl_c, pl_code, p_at):
+def _move_entry(src, dst, pl_pair, pl_n, pl_dirty, pl_v, pl_c, pl_code, p_at):
     p = pl_pair[src]
     pl_pair[dst] = p
     pl_n[dst] = pl_n[src]
+    pl_dirty[dst] = pl_dirty[src]
     pl_v[dst] = pl_v[src]
     pl_c[dst] = pl_c[src]
     pl_code[dst] = pl_code[src]
@@ -544,7 +539,8 @@ def _move_entry(src, dst, pl_pair, pl_n, pl_v, pl_c, pl_code, p_at):
 
 
 @njit(cache=True)
-def link_pairs(pairs, conns, codes, c_pstart, c_plen, c_pcap, pl_pair, pl_n, pl_v, pl_c, pl_code, p_at, meta):
+def link_pairs(pairs, conns, codes, c_pstart, c_plen, c_pcap, pl_pair, pl_n, pl_dirty, pl_v, pl_c, pl_code, p_at,
+               meta):
     """Append new pairs (with their pair-column codes) to their connections' lists, moving a
     full list to the pool's end with twice the room. Returns how many were linked: fewer
     when the list pool is full (the caller grows it and calls again with the rest)."""
@@ -559,13 +555,14 @@ def link_pairs(pairs, conns, codes, c_pstart, c_plen, c_pcap, pl_pair, pl_n, pl_
                 return i
             start = c_pstart[c]
             for r in range(n):
-                _move_entry(start + r, top + r, pl_pair, pl_n, pl_v, pl_c, pl_code, p_at)
+                _move_entry(start + r, top + r, pl_pair, pl_n, pl_dirty, pl_v, pl_c, pl_code, p_at)
             c_pstart[c] = top
             c_pcap[c] = room
             meta[LTOP] = top + room
         a = c_pstart[c] + n
         pl_pair[a] = p
         pl_n[a] = 0
+        pl_dirty[a] = 0
         pl_v[a] = np.nan
         pl_c[a] = -1
         pl_code[a] = codes[i]
@@ -575,8 +572,8 @@ def link_pairs(pairs, conns, codes, c_pstart, c_plen, c_pcap, pl_pair, pl_n, pl_
 
 
 @njit(cache=True)
-def drop_idle(meta, zbuf, p_n, p_pend, p_inz, p_conn, p_at, p_lc, c_pstart, c_plen, c_pcap, c_lc,
-              pl_pair, pl_n, pl_v, pl_c, pl_code, freed_pairs, freed_conns):
+def drop_idle(meta, zbuf, p_n, p_pend, p_inz, p_conn, p_at, p_lc, c_pstart, c_plen, c_pcap, c_lc, c_ndirty,
+              pl_pair, pl_n, pl_dirty, pl_v, pl_c, pl_code, freed_pairs, freed_conns):
     """Take pairs with nothing in the window and nothing pending out of their connection's
     list (the list's last pair fills the gap), and free connections left without pairs.
     Returns how many of each were freed (their slots are in ``freed_*``)."""
@@ -590,8 +587,10 @@ def drop_idle(meta, zbuf, p_n, p_pend, p_inz, p_conn, p_at, p_lc, c_pstart, c_pl
         c = p_conn[p]
         last = c_pstart[c] + c_plen[c] - 1
         hole = p_at[p]
+        if pl_dirty[hole]:
+            c_ndirty[c] -= 1
         if hole != last:
-            _move_entry(last, hole, pl_pair, pl_n, pl_v, pl_c, pl_code, p_at)
+            _move_entry(last, hole, pl_pair, pl_n, pl_dirty, pl_v, pl_c, pl_code, p_at)
         c_plen[c] -= 1
         p_at[p] = -1
         p_conn[p] = -1
@@ -628,8 +627,8 @@ def compact_lanes(n, ls, lc, lo, lane, lane_i, new_lane, new_lane_i):
 
 
 @njit(cache=True)
-def compact_lists(c_pstart, c_plen, c_pcap, pl_pair, pl_n, pl_v, pl_c, pl_code, p_at,
-                  new_pair, new_n, new_v, new_c, new_code):
+def compact_lists(c_pstart, c_plen, c_pcap, pl_pair, pl_n, pl_dirty, pl_v, pl_c, pl_code, p_at,
+                  new_pair, new_n, new_dirty, new_v, new_c, new_code):
     """Copy every connection's pair list into the ``new_*`` pool (same room); returns the top."""
     top = 0
     for c in range(c_pstart.shape[0]):
@@ -642,6 +641,7 @@ def compact_lists(c_pstart, c_plen, c_pcap, pl_pair, pl_n, pl_v, pl_c, pl_code, 
             p = pl_pair[src]
             new_pair[dst] = p
             new_n[dst] = pl_n[src]
+            new_dirty[dst] = pl_dirty[src]
             new_v[dst] = pl_v[src]
             new_c[dst] = pl_c[src]
             new_code[dst] = pl_code[src]
