@@ -338,6 +338,11 @@ class CompiledEngine(EngineSettings):
         self._s_kind = np.array(s_kind, dtype=np.int64)
         self._s_arg = np.array(s_arg, dtype=np.int64)
         self._cs_attr = np.array([attr[pv.source.column] for pv in cat_streams], dtype=np.int64)
+        self._s_mom = np.zeros(max(len(num_streams), 1), dtype=np.bool_)  # streams aggregated by STD/SKEW
+        for _, op, a, b in num:
+            if op == k.PAIRS_AGG and b in (k.AGG_STD, k.AGG_SKEW):
+                self._s_mom[a] = True
+        self._scratch = self._new_scratch(1024, 64)
         self._num = [s for s, *_ in num]
         self._num_op = np.array([op for _, op, _, _ in num], dtype=np.int64)
         self._num_a = np.array([a for _, _, a, _ in num], dtype=np.int64)
@@ -544,11 +549,25 @@ class CompiledEngine(EngineSettings):
                 self._a_rank[self._a_off[j] : self._a_off[j] + sizes[j]] = self.vocab[a].rank()
             self._a_len = sizes
         col_sizes = tuple(len(self.vocab[c].values) for c in self._pair_cols)
+        bins, wbins, vcount = self._scratch[:3]
+        if max(col_sizes, default=1) > len(bins) or int(sizes.max()) > len(vcount):
+            self._scratch = self._new_scratch(2 * max(col_sizes, default=1), 2 * int(sizes.max()))
         if col_sizes != self._col_sizes:
             ranks = [self.vocab[c].rank() for c in self._pair_cols]
             self._col_off = np.r_[0, np.cumsum([len(r) for r in ranks])[:-1]].astype(np.int64)
             self._col_rank = np.concatenate(ranks).astype(np.int64) if ranks else _EMPTY
             self._col_sizes = col_sizes
+
+    def _new_scratch(self, codes: int, attr_codes: int) -> tuple[np.ndarray, ...]:
+        """The kernel's scratch: per pair-column code (x2), per attribute code, summaries."""
+        return (
+            np.zeros(max(codes, 1), dtype=np.int64),
+            np.zeros(max(codes, 1), dtype=np.int64),
+            np.zeros(max(attr_codes, 1), dtype=np.int64),
+            np.zeros((max(len(self._pair_cols), 1), 3), dtype=np.int64),
+            np.zeros((max(len(self._cs_attr), 1), 2), dtype=np.int64),
+            np.zeros((max(len(self._s_kind), 1), 6)),
+        )
 
     def _widen(self, sizes: np.ndarray) -> None:
         """Give attributes whose vocabulary outgrew their columns more count columns."""
@@ -581,10 +600,11 @@ class CompiledEngine(EngineSettings):
                 S.secs, S.pair, S.conn, S.dead, S.codes,
                 P.n, P.sum, P.pend, P.at, P.inz, P.cnt, P.ls, P.lc, P.lo, *self._lanes["P"],
                 C.n, C.sum, C.npres, C.cnt, C.ls, C.lc, C.lo, *self._lanes["C"], C.pstart, C.plen,
-                *self._lists, C.ndirty, P.zbuf, max(self._col_sizes, default=1),
+                *self._lists, C.ndirty, P.zbuf,
                 self._a_off, self._a_len, self._a_rank, self._col_rank, self._col_off,
-                self._s_kind, self._s_arg, self._cs_attr, self._num_op, self._num_a, self._num_b, self._cat_op,
-                self._cat_a, self._pd_pair, self._pd_conn, self._pd_secs, self._pd_codes,
+                self._s_kind, self._s_arg, self._cs_attr, self._s_mom, self._num_op, self._num_a, self._num_b,
+                self._cat_op, self._cat_a, *self._scratch,
+                self._pd_pair, self._pd_conn, self._pd_secs, self._pd_codes,
                 q_conn[done:], q_t[done:], out_num[done:], out_cat[done:], out_n[done:],
             )  # fmt: skip
             if applied:

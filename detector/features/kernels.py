@@ -323,9 +323,10 @@ def step(meta, window, cap, until,
          st_secs, st_pair, st_conn, st_dead, st_codes,
          p_n, p_sum, p_pend, p_at, p_inz, p_cnt, p_ls, p_lc, p_lo, lane_p, lane_pi,
          c_n, c_sum, c_npres, c_cnt, c_ls, c_lc, c_lo, lane_c, lane_ci, c_pstart, c_plen,
-         pl_pair, pl_n, pl_dirty, pl_v, pl_c, pl_code, c_ndirty, zbuf, max_code,
+         pl_pair, pl_n, pl_dirty, pl_v, pl_c, pl_code, c_ndirty, zbuf,
          a_off, a_len, a_rank, col_rank, col_off,
-         s_kind, s_arg, cs_attr, num_op, num_a, num_b, cat_op, cat_a,
+         s_kind, s_arg, cs_attr, s_mom, num_op, num_a, num_b, cat_op, cat_a,
+         bins, wbins, vcount, col_sum, cat_sum, s_sum,
          pend_pair, pend_conn, pend_secs, pend_codes,
          q_conn, q_t, out_num, out_cat, out_n):
     """Answer the cutoffs ``(q_conn, q_t)`` (sorted by time, none before the live time), then
@@ -333,6 +334,8 @@ def step(meta, window, cap, until,
     passes them. Returns (pending events applied, cutoffs answered): fewer than asked only
     when a lane pool is full (``meta[FULL]`` says which); call again with the rest.
 
+    ``bins`` .. ``s_sum`` are scratch (``bins``, ``wbins``: one slot per pair-column code,
+    zero on entry and left zero; ``vcount``: one per attribute code, likewise).
     ``out_num`` / ``out_cat`` hold each column's default on entry (what featuretools gives
     a connection with nothing in the window); rows of connections with window events are
     overwritten.
@@ -341,20 +344,6 @@ def step(meta, window, cap, until,
     for j in range(s_kind.shape[0]):
         if s_kind[j] == S_STD or s_kind[j] == S_SKEW:
             need_moments = True
-    n_streams = s_kind.shape[0]
-    max_width = 1
-    for a in range(a_len.shape[0]):
-        max_width = max(max_width, a_len[a])
-    bins = np.zeros(max(max_code, 1), dtype=np.int64)
-    wbins = np.zeros(max(max_code, 1), dtype=np.int64)
-    vcount = np.zeros(max_width, dtype=np.int64)
-    col_sum = np.zeros((col_off.shape[0], 3), dtype=np.int64)
-    cat_sum = np.zeros((max(cs_attr.shape[0], 1), 2), dtype=np.int64)
-    s_sum = np.zeros((max(n_streams, 1), 6))
-    s_mom = np.zeros(max(n_streams, 1), dtype=np.bool_)  # streams aggregated by STD or SKEW
-    for f in range(num_op.shape[0]):
-        if num_op[f] == PAIRS_AGG and (num_b[f] == AGG_STD or num_b[f] == AGG_SKEW):
-            s_mom[num_a[f]] = True
     applied = 0
     n_pend = pend_secs.shape[0]
     nq = q_t.shape[0]
