@@ -19,17 +19,39 @@ used: its mini-batch variance went negative on near-constant columns here).
 from __future__ import annotations
 
 import pickle
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 
-def _squash(frame: pd.DataFrame) -> pd.DataFrame:
-    values = frame.to_numpy(dtype="float64", na_value=np.nan)
+def _squash(values: np.ndarray) -> np.ndarray:
     values = np.sign(values) * np.log1p(np.abs(values))
     values[~np.isfinite(values)] = 0.0
-    return pd.DataFrame(values, columns=frame.columns, index=frame.index)
+    return values
+
+
+@dataclass(frozen=True)
+class OnlineSnapshot:
+    """The online model frozen at one learning step: what scoring a cutoff of that step needs.
+
+    ``predict`` is River's own arithmetic (``loss.mean_func(X @ w + intercept)``) on the same
+    scaled inputs, without River's per-call DataFrame handling, so that cutoffs scored in
+    one batch can each use the model of their own step.
+    """
+
+    weights: np.ndarray
+    intercept: float
+    mean: np.ndarray
+    std: np.ndarray
+    mean_func: Callable[[np.ndarray], np.ndarray]
+    n_positive: int
+
+    def predict(self, values: np.ndarray) -> np.ndarray:
+        """P(malicious) per row of raw numeric feature values (columns in the model's order)."""
+        z = np.clip((_squash(np.array(values, dtype="float64")) - self.mean) / self.std, -10.0, 10.0)
+        return np.asarray(self.mean_func(z @ self.weights + self.intercept), dtype="float64")
 
 
 class OnlineModel:
@@ -51,15 +73,31 @@ class OnlineModel:
         self._mean = np.zeros(len(self.feature_names))
         self._m2 = np.zeros(len(self.feature_names))
 
-    def _inputs(self, features: pd.DataFrame, learn: bool = False) -> pd.DataFrame:
-        x = _squash(features.reindex(columns=self.feature_names))
-        values = x.to_numpy()
-        if learn:
-            self._update_scale(values)
+    def _std(self) -> np.ndarray:
         std = np.sqrt(self._m2 / max(1, self._n - 1))
         std[std == 0] = 1.0
-        z = np.clip((values - self._mean) / std, -10.0, 10.0)
+        return std
+
+    def _inputs(self, features: pd.DataFrame, learn: bool = False) -> pd.DataFrame:
+        x = features.reindex(columns=self.feature_names)
+        values = _squash(x.to_numpy(dtype="float64", na_value=np.nan))
+        if learn:
+            self._update_scale(values)
+        z = np.clip((values - self._mean) / self._std(), -10.0, 10.0)
         return pd.DataFrame(z, columns=x.columns, index=x.index)
+
+    def snapshot(self) -> OnlineSnapshot | None:
+        """The model as it stands (None while it has learnt nothing)."""
+        if self.n_learned == 0:
+            return None
+        return OnlineSnapshot(
+            weights=self.model._weights.to_numpy(self.feature_names).astype("float64"),
+            intercept=float(self.model.intercept),
+            mean=self._mean.copy(),
+            std=self._std(),
+            mean_func=self.model.loss.mean_func,
+            n_positive=self.n_positive,
+        )
 
     def _update_scale(self, values: np.ndarray) -> None:
         # Chan et al.'s parallel update of count, mean and M2: stable for any batch size.
@@ -74,10 +112,10 @@ class OnlineModel:
 
     def predict(self, features: pd.DataFrame) -> np.ndarray | None:
         """P(malicious) per row, or None while the model has learnt nothing."""
-        if self.n_learned == 0 or features.empty:
+        snap = self.snapshot()
+        if snap is None or features.empty:
             return None
-        proba = self.model.predict_proba_many(self._inputs(features))
-        return proba[True].to_numpy(dtype="float64") if True in proba else np.zeros(len(features))
+        return snap.predict(features.reindex(columns=self.feature_names).to_numpy(dtype="float64", na_value=np.nan))
 
     def learn(self, features: pd.DataFrame, labels: Sequence[bool]) -> None:
         """Learn from resolved cutoffs (features as scored, labels from the label topic)."""

@@ -93,11 +93,12 @@ class DetectorConfig:
 
 @dataclass
 class Pending:
-    """A scored cutoff waiting for its label: position, time, the online model's inputs."""
+    """A cutoff waiting for its label: position, time, the online model's inputs (filled in
+    when its features are computed)."""
 
     k: int
     secs: int
-    x: np.ndarray
+    x: np.ndarray | None = None
 
 
 @dataclass
@@ -177,8 +178,10 @@ class StreamDetector:
         self.processed_secs = -1  # last second fully processed
         self.next_boundary: int | None = None
         self.next_sweep: int | None = None
-        self.queued: list[tuple[str, int, int, int]] = []  # cutoffs (conn, secs, k, log_id) awaiting features
-        self.scored: list[tuple] = []  # (cutoffs, features, online scores, online weight) awaiting the batch model
+        #: cutoffs awaiting features: (conn, secs, k, log_id, Pending, the online model of their step)
+        self.queued: list[tuple] = []
+        self.scored: list[tuple] = []  # (cutoffs, features, online scores, online weights) awaiting the batch model
+        self.snapshot = self.online.snapshot()  # the online model as of the current learning step
         self.n_scored = 0
         self.stats = Stats()
         self.stop_requested = False
@@ -504,7 +507,6 @@ class StreamDetector:
                 boundary = (s // cfg.learn_every_secs) * cfg.learn_every_secs
                 if not final and not self._labels_known_before(boundary):
                     return True
-                self._compute_features()  # online scores with the model as it was before this step
                 self._learn_until(boundary)
                 self.next_boundary = boundary + cfg.learn_every_secs
                 if s >= self.next_sweep:
@@ -562,32 +564,46 @@ class StreamDetector:
             self.stats.first_event_at = now
         self.stats.last_event_at = now
         for c in sorted(touched):
-            k = touched[c].n_seen - 1
+            st = touched[c]
+            k = st.n_seen - 1
             if k >= cfg.label_spec.min_events:
-                self.queued.append((c, s, k, last_log[c]))
+                pend = Pending(k, s)
+                st.pending.append(pend)
+                self.queued.append((c, s, k, last_log[c], pend, self.snapshot))
         self.stats.feature_secs += time.perf_counter() - t0
         self.processed_secs = s
 
     def _compute_features(self) -> None:
         """Features of the queued cutoffs (one engine call) and their online scores.
 
-        Runs before every learning step, so each cutoff's online score comes from the model
-        as it stood at the cutoff's time; the batch model can wait for a bigger batch.
+        Features depend on events only, so they are computed in large batches: when the
+        batch is full, when no complete second is left, at commit points, and when learning
+        needs a cutoff's inputs. Each cutoff's online score uses the model of its own
+        learning step (the snapshot queued with it), so batching changes no score.
         """
         if not self.queued:
             return
         t0 = time.perf_counter()
-        features = self.engine.features_at([(c, s) for c, s, _, _ in self.queued])
+        features = self.engine.features_at([(c, s) for c, s, *_ in self.queued])
         features = features.reset_index(drop=True)
         self.engine.advance(self.processed_secs)
         t1 = time.perf_counter()
-        online_x = features.reindex(columns=self.online_cols)
-        online_scores = self.online.predict(online_x)
-        weight = self.cfg.online_weight * min(1.0, self.online.n_positive / max(1, self.cfg.online_warmup_positives))
-        xs = online_x.to_numpy(dtype="float64", na_value=np.nan)
-        for i, (conn, secs, k, _) in enumerate(self.queued):
-            self.conns[conn].pending.append(Pending(k, secs, xs[i]))
-        self.scored.append((list(self.queued), features, online_scores, weight if online_scores is not None else 0.0))
+        xs = features.reindex(columns=self.online_cols).to_numpy(dtype="float64", na_value=np.nan)
+        scores = np.full(len(self.queued), np.nan)
+        weights = np.zeros(len(self.queued))
+        start = 0
+        for end in range(1, len(self.queued) + 1):  # runs of cutoffs with the same model
+            snap = self.queued[start][5]
+            if end < len(self.queued) and self.queued[end][5] is snap:
+                continue
+            if snap is not None:
+                scores[start:end] = snap.predict(xs[start:end])
+                weights[start:end] = self.cfg.online_weight * min(
+                    1.0, snap.n_positive / max(1, self.cfg.online_warmup_positives))
+            start = end
+        for i, (*_, pend, _) in enumerate(self.queued):
+            pend.x = xs[i]
+        self.scored.append(([row[:4] for row in self.queued], features, scores, weights))
         self.n_scored += len(self.queued)
         self.queued.clear()
         self.stats.feature_secs += t1 - t0
@@ -604,10 +620,11 @@ class StreamDetector:
         self.stats.model_secs += time.perf_counter() - t0
         now = time.time()
         i = 0
-        for rows, _, online_scores, weight in self.scored:
+        for rows, _, online_scores, weights in self.scored:
             for j, (conn, secs, _, log_id) in enumerate(rows):
                 b = batch_scores[i]
-                o = None if online_scores is None else float(online_scores[j])
+                o = None if np.isnan(online_scores[j]) else float(online_scores[j])
+                weight = float(weights[j]) if o is not None else 0.0
                 score = b if o is None else (1 - weight) * b + weight * o
                 self._decide(conn, secs, log_id, features, i, b, o, weight, score, now)
                 i += 1
@@ -673,6 +690,8 @@ class StreamDetector:
                 y = resolve_label(labels, pend.k - st.base, spec)
                 if y is None:
                     break
+                if pend.x is None:  # learning needs the inputs of cutoffs still queued
+                    self._compute_features()
                 st.pending.popleft()
                 order.append((pend.secs, conn))
                 if self.learn_log is not None:
@@ -687,6 +706,7 @@ class StreamDetector:
             idx = sorted(range(len(xs)), key=lambda i: order[i])
             frame = pd.DataFrame(np.vstack([xs[i] for i in idx]), columns=self.online_cols)
             self.online.learn(frame, [ys[i] for i in idx])
+            self.snapshot = self.online.snapshot()
             self.stats.learned += len(xs)
             self.stats.learned_positive += sum(ys)
 
@@ -760,6 +780,7 @@ class StreamDetector:
                         path, ckpt.get("model_version"), self.batch.version)  # fmt: skip
         else:
             self.online = OnlineModel.from_bytes(ckpt["online"])
+            self.snapshot = self.online.snapshot()
         self.conns = ckpt["conns"]
         self.processed_secs = ckpt["processed_secs"]
         self.next_boundary = ckpt["next_boundary"]
