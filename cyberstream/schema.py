@@ -27,6 +27,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 COLUMNS: tuple[str, ...] = (
     "secs",
     "src_name",
@@ -156,7 +158,7 @@ def event_from_dict(obj: Any) -> Event:
 def decode_event(raw: bytes) -> Event:
     """Decode an event-topic message value; malformed input raises :class:`SchemaError`."""
     try:
-        obj = json.loads(raw)
+        obj = orjson.loads(raw)
     except (ValueError, TypeError) as exc:
         raise SchemaError(f"value is not valid JSON: {exc}") from None
     return event_from_dict(obj)
@@ -184,7 +186,7 @@ class LabelRecord:
 def decode_label(raw: bytes) -> LabelRecord:
     """Decode a label-topic message value; malformed input raises :class:`SchemaError`."""
     try:
-        obj = json.loads(raw)
+        obj = orjson.loads(raw)
     except (ValueError, TypeError) as exc:
         raise SchemaError(f"value is not valid JSON: {exc}") from None
     if not isinstance(obj, dict):

@@ -73,14 +73,23 @@ def coerce_features(X: pd.DataFrame, numeric: list[str], categorical: list[str])
 
     Module-level so that pickled pipelines can find it (``training.model.coerce_features``).
     """
-    out = {}
-    for c in numeric:
-        col = pd.to_numeric(X[c], errors="coerce").astype("float64")
-        out[c] = col.where(np.isfinite(col), np.nan)
+    try:  # one block for all numeric columns (the detector calls this on every batch)
+        values = X[numeric].to_numpy(dtype="float64", na_value=np.nan)
+    except (TypeError, ValueError):  # strings among them: coerce column by column
+        values = np.column_stack(
+            [pd.to_numeric(X[c], errors="coerce").to_numpy(dtype="float64", na_value=np.nan) for c in numeric]
+        ) if numeric else np.empty((len(X), 0))  # fmt: skip
+    values[~np.isfinite(values)] = np.nan
+    out = pd.DataFrame(values, index=X.index, columns=numeric)
     for c in categorical:
-        col = X[c].astype(object)
-        out[c] = col.where(pd.notna(col), MISSING_CATEGORY).astype(str)
-    return pd.DataFrame(out, index=X.index, columns=[*numeric, *categorical])
+        col = X[c]
+        if isinstance(col.dtype, pd.CategoricalDtype):
+            names = np.append(col.cat.categories.astype(str).to_numpy(dtype=object), MISSING_CATEGORY)
+            out[c] = names[col.cat.codes.to_numpy()]  # code -1 (missing) picks the marker
+        else:
+            col = col.astype(object)
+            out[c] = col.where(pd.notna(col), MISSING_CATEGORY).astype(str)
+    return out
 
 
 def signed_log1p(X):
