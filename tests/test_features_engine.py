@@ -53,12 +53,8 @@ def to_events(df: pd.DataFrame) -> list[Event]:
     ]
 
 
-def test_streaming_like_the_detector_equals_the_batch_path(tmp_path):
+def stream_like_the_detector(engine: CompiledEngine, events: pd.DataFrame) -> tuple[list, pd.DataFrame]:
     """observe() one event at a time, cutoffs when a second closes, advance() lagging behind."""
-    events = random_stream(21, n_events=500, n_sessions=30)
-    defs = dfs_defs(events, tmp_path)
-    window = 7
-    engine = CompiledEngine(defs, window)
     asked, got = [], []
     open_second, open_conns, lagging = None, set(), []
     for ev in to_events(events):
@@ -73,12 +69,38 @@ def test_streaming_like_the_detector_equals_the_batch_path(tmp_path):
         engine.observe(ev)
         open_second = ev.secs
         open_conns.add(f"{ev.src_name} / {ev.dest_name}")
-    streamed = pd.concat(got)
+    return asked, pd.concat(got)
+
+
+def test_streaming_like_the_detector_equals_the_batch_path(tmp_path):
+    events = random_stream(21, n_events=500, n_sessions=30)
+    defs = dfs_defs(events, tmp_path)
+    window = 7
+    asked, streamed = stream_like_the_detector(CompiledEngine(defs, window), events)
     batch = feature_matrix(events, asked, defs, window, chunk_events=64)
     assert len(streamed) == len(asked) > 300
     for name in feature_names(defs):
         for x, y in zip(streamed[name].astype(object), batch[name].astype(object), strict=True):
             assert features_equal(x, y, rel_tol=1e-12, abs_tol=0), name
+
+
+def test_pools_that_start_tiny_grow_and_compact_without_changing_a_value(tmp_path, monkeypatch):
+    """Every growth path (slots, lanes, pair lists, store compaction) taken many times."""
+    from detector.features import compiled
+
+    events = random_stream(23, n_events=700, n_sessions=40)
+    defs = dfs_defs(events, tmp_path)
+    asked, want = stream_like_the_detector(CompiledEngine(defs, 30), events)
+    monkeypatch.setattr(compiled, "INITIAL_SLOTS", 2)
+    monkeypatch.setattr(compiled, "INITIAL_POOL", 8)
+    engine = CompiledEngine(defs, 30)
+    asked_tiny, got = stream_like_the_detector(engine, events)
+    assert asked_tiny == asked and len(asked) > 300
+    assert len(engine._lanes["P"][0]) > 8 and len(engine._lanes["C"][0]) > 8 and len(engine._lists[0]) > 8
+    assert engine.P.capacity > 2 and engine.S.capacity > 2
+    for name in feature_names(defs):
+        for x, y in zip(got[name].astype(object), want[name].astype(object), strict=True):
+            assert features_equal(x, y, rel_tol=0, abs_tol=0), name
 
 
 def test_std_and_skew_stay_exact_after_a_million_updates():

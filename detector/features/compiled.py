@@ -58,6 +58,10 @@ _IDENT = attrgetter(*IDENTITY_FIELDS)
 _ATTRS = attrgetter(*ATTRIBUTE_FIELDS)
 _EMPTY = np.empty(0, dtype=np.int64)
 _MAX_WINDOW = 1 << 30
+#: initial sizes of the slot arrays, lane pools and list pool (all grow by doubling; tests
+#: shrink them to exercise growth and compaction)
+INITIAL_SLOTS = 1024
+INITIAL_POOL = 1 << 16
 _SECS_KIND = {"sum": k.S_SUM, "mean": k.S_MEAN, "min": k.S_MIN, "max": k.S_MAX, "std": k.S_STD, "skew": k.S_SKEW}
 _LOG_SECS_OP = {"sum": k.LOG_SUM, "mean": k.LOG_MEAN, "min": k.LOG_MIN, "max": k.LOG_MAX, "std": k.LOG_STD,
                 "skew": k.LOG_SKEW}  # fmt: skip
@@ -231,7 +235,7 @@ class CompiledEngine(EngineSettings):
         self._pair_key: list[tuple | None] = []
         self._free_pairs: list[int] = []
         self.P = _Slots(
-            1024,
+            INITIAL_SLOTS,
             n=(np.int64, 0), sum=(np.int64, 0), pend=(np.int64, 0), conn=(np.int64, -1), at=(np.int64, -1),
             inz=(np.uint8, 0), zbuf=(np.int64, -1),
             cnt=(np.int64, 0, W), ls=(np.int64, 0), lc=(np.int64, 0), lo=(np.int64, 0),
@@ -241,19 +245,19 @@ class CompiledEngine(EngineSettings):
         self._conn_ids: list[str | None] = []
         self._free_conns: list[int] = []
         self.C = _Slots(
-            1024,
+            INITIAL_SLOTS,
             n=(np.int64, 0), sum=(np.int64, 0), npres=(np.int64, 0), ndirty=(np.int64, 0), cnt=(np.int64, 0, W),
             ls=(np.int64, 0), lc=(np.int64, 0), lo=(np.int64, 0),
             pstart=(np.int64, 0), plen=(np.int64, 0), pcap=(np.int64, 0),
             **{"col_" + c: (np.int64, -1) for c in self._target_cols},
         )  # fmt: skip
         # -- lanes: each group's window secs (and store indexes), oldest first
-        self._lanes = {level: (np.zeros(1 << 16), np.zeros(1 << 16, dtype=np.int64)) for level in "PC"}
+        self._lanes = {level: (np.zeros(INITIAL_POOL), np.zeros(INITIAL_POOL, dtype=np.int64)) for level in "PC"}
         # -- pair lists: each connection's pairs with their values, contiguous
-        self._lists = self._new_lists(1 << 14)
+        self._lists = self._new_lists(INITIAL_POOL)
         # -- the window's events, in time order (logical index = physical + meta[BASE])
         self.S = _Slots(
-            4096,
+            INITIAL_SLOTS,
             secs=(np.int64, 0), pair=(np.int64, -1), conn=(np.int64, -1), dead=(np.uint8, 0),
             codes=(np.int64, -1, _A),
         )  # fmt: skip
@@ -693,7 +697,7 @@ class CompiledEngine(EngineSettings):
         """Move the window's events to the front of the store once half of it is dead."""
         meta, S = self._meta, self.S
         dead = int(meta[k.EVICT] - meta[k.BASE])
-        if not dead or (not force and dead < max(1 << 16, S.capacity // 2)):
+        if not dead or (not force and dead < max(INITIAL_POOL, S.capacity // 2)):
             return
         live = int(meta[k.SIZE] - meta[k.EVICT])
         for name in ("secs", "pair", "conn", "dead", "codes"):
