@@ -238,7 +238,7 @@ class CompiledEngine(EngineSettings):
             INITIAL_SLOTS,
             n=(np.int64, 0), sum=(np.int64, 0), pend=(np.int64, 0), conn=(np.int64, -1), at=(np.int64, -1),
             inz=(np.uint8, 0), zbuf=(np.int64, -1),
-            cnt=(np.int64, 0, W), ls=(np.int64, 0), lc=(np.int64, 0), lo=(np.int64, 0),
+            cnt=(np.int32, 0, W), ls=(np.int64, 0), lc=(np.int64, 0), lo=(np.int64, 0),
         )  # fmt: skip
         # -- connections
         self._conn_index: dict[str, int] = {}
@@ -246,7 +246,7 @@ class CompiledEngine(EngineSettings):
         self._free_conns: list[int] = []
         self.C = _Slots(
             INITIAL_SLOTS,
-            n=(np.int64, 0), sum=(np.int64, 0), npres=(np.int64, 0), ndirty=(np.int64, 0), cnt=(np.int64, 0, W),
+            n=(np.int64, 0), sum=(np.int64, 0), npres=(np.int64, 0), ndirty=(np.int64, 0), cnt=(np.int32, 0, W),
             ls=(np.int64, 0), lc=(np.int64, 0), lo=(np.int64, 0),
             pstart=(np.int64, 0), plen=(np.int64, 0), pcap=(np.int64, 0),
             **{"col_" + c: (np.int64, -1) for c in self._target_cols},
@@ -579,11 +579,11 @@ class CompiledEngine(EngineSettings):
         off = np.r_[0, np.cumsum(cap)[:-1]].astype(np.int64)
         for level in (self.P, self.C):
             old = level.cnt
-            new = np.zeros((old.shape[0], int(cap.sum())), dtype=np.int64)
+            new = np.zeros((old.shape[0], int(cap.sum())), dtype=np.int32)
             for j in range(_A):
                 new[:, off[j] : off[j] + self._a_cap[j]] = old[:, self._a_off[j] : self._a_off[j] + self._a_cap[j]]
             level.cnt = new
-            level._specs["cnt"] = (np.int64, 0, int(cap.sum()))
+            level._specs["cnt"] = (np.int32, 0, int(cap.sum()))
         self._a_cap, self._a_off = cap, off
         self._a_rank = np.zeros(int(cap.sum()), dtype=np.int64)
         self._a_len = np.zeros(_A, dtype=np.int64)  # ranks are rewritten

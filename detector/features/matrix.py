@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import featuretools as ft
 import numpy as np
 import pandas as pd
+from pandas.api.types import union_categoricals
 from tqdm import tqdm
 
 from cyberstream.config import DEFAULT_BASE_EPOCH
@@ -127,8 +128,7 @@ def _concat(parts: list[pd.DataFrame], eng: FeatureEngine) -> pd.DataFrame:
     for name in parts[0].columns:
         cols = [p[name].array for p in parts]
         if isinstance(cols[0], pd.Categorical):
-            cats = sorted(set().union(*(c.categories for c in cols)))
-            out[name] = pd.Categorical(np.concatenate([np.asarray(c, dtype=object) for c in cols]), categories=cats)
+            out[name] = union_categoricals(cols, ignore_order=True)
         else:
             out[name] = type(cols[0])._concat_same_type(cols)
     return pd.DataFrame(out)[parts[0].columns]
