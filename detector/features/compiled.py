@@ -164,23 +164,40 @@ def _grow_rows(mat: np.ndarray, rows: int, fill) -> np.ndarray:
 
 
 class _Slots:
-    """Arrays indexed by a slot (their first axis), grown together by doubling."""
+    """Arrays indexed by a slot (their first axis), grown together by doubling.
 
-    def __init__(self, capacity: int, **specs: tuple) -> None:
-        """``specs``: name -> (dtype, fill) or (dtype, fill, width) for 2-D arrays."""
+    ``packed`` int64 fields live side by side in one record per slot (``rec``) and are seen
+    as column views: the kernels touch several of them per event, and one record is one
+    cache line where separate arrays would be one each.
+    """
+
+    def __init__(self, capacity: int, packed: dict[str, int], **specs: tuple) -> None:
+        """``packed``: name -> fill; ``specs``: name -> (dtype, fill) or (dtype, fill, width)."""
         self.capacity = capacity
+        self._packed = packed
         self._specs = specs
+        self.rec = np.tile(np.array(list(packed.values()), dtype=np.int64), (capacity, 1))
+        self._views()
         for name, spec in specs.items():
             setattr(self, name, np.full((capacity, *spec[2:]), spec[1], dtype=spec[0]))
 
+    def _views(self) -> None:
+        for i, name in enumerate(self._packed):
+            setattr(self, name, self.rec[:, i])
+
     def ensure(self, size: int) -> None:
         if size > self.capacity:
+            old = self.capacity
             self.capacity = max(size, 2 * self.capacity)
+            rec = np.tile(np.array(list(self._packed.values()), dtype=np.int64), (self.capacity, 1))
+            rec[:old] = self.rec
+            self.rec = rec
+            self._views()
             for name, spec in self._specs.items():
                 setattr(self, name, _grow_rows(getattr(self, name), self.capacity, spec[1]))
 
     def nbytes(self) -> int:
-        return sum(getattr(self, n).nbytes for n in self._specs)
+        return self.rec.nbytes + sum(getattr(self, n).nbytes for n in self._specs)
 
 
 class CompiledEngine(EngineSettings):
@@ -236,9 +253,8 @@ class CompiledEngine(EngineSettings):
         self._free_pairs: list[int] = []
         self.P = _Slots(
             INITIAL_SLOTS,
-            n=(np.int64, 0), sum=(np.int64, 0), pend=(np.int64, 0), conn=(np.int64, -1), at=(np.int64, -1),
-            inz=(np.uint8, 0), zbuf=(np.int64, -1),
-            cnt=(np.int32, 0, W), ls=(np.int64, 0), lc=(np.int64, 0), lo=(np.int64, 0),
+            dict(n=0, sum=0, pend=0, at=-1, inz=0, ls=0, lc=0, lo=0),
+            conn=(np.int64, -1), zbuf=(np.int64, -1), cnt=(np.int32, 0, W),
         )  # fmt: skip
         # -- connections
         self._conn_index: dict[str, int] = {}
@@ -246,10 +262,8 @@ class CompiledEngine(EngineSettings):
         self._free_conns: list[int] = []
         self.C = _Slots(
             INITIAL_SLOTS,
-            n=(np.int64, 0), sum=(np.int64, 0), npres=(np.int64, 0), ndirty=(np.int64, 0), cnt=(np.int32, 0, W),
-            ls=(np.int64, 0), lc=(np.int64, 0), lo=(np.int64, 0),
-            pstart=(np.int64, 0), plen=(np.int64, 0), pcap=(np.int64, 0),
-            **{"col_" + c: (np.int64, -1) for c in self._target_cols},
+            dict(n=0, sum=0, npres=0, ndirty=0, ls=0, lc=0, lo=0, pstart=0, plen=0, pcap=0),
+            cnt=(np.int32, 0, W), **{"col_" + c: (np.int64, -1) for c in self._target_cols},
         )  # fmt: skip
         # -- lanes: each group's window secs (and store indexes), oldest first
         self._lanes = {level: (np.zeros(INITIAL_POOL), np.zeros(INITIAL_POOL, dtype=np.int64)) for level in "PC"}
@@ -258,6 +272,7 @@ class CompiledEngine(EngineSettings):
         # -- the window's events, in time order (logical index = physical + meta[BASE])
         self.S = _Slots(
             INITIAL_SLOTS,
+            {},
             secs=(np.int64, 0), pair=(np.int64, -1), conn=(np.int64, -1), dead=(np.uint8, 0),
             codes=(np.int64, -1, _A),
         )  # fmt: skip
