@@ -585,7 +585,7 @@ class CompiledEngine(EngineSettings):
             np.zeros(max(attr_codes, 1), dtype=np.int64),
             np.zeros((max(len(self._pair_cols), 1), 3), dtype=np.int64),
             np.zeros((max(len(self._cs_attr), 1), 2), dtype=np.int64),
-            np.zeros((max(len(self._s_kind), 1), 6)),
+            np.zeros((7, max(len(self._s_kind), 1))),
         )
 
     def _widen(self, sizes: np.ndarray) -> None:

@@ -287,34 +287,42 @@ def _cat_summary(start, length, j, pl_c, width, rank, rank_lo, vcount, out):
 
 
 @njit(cache=True)
-def _stream_summaries(pl_v, start, length, s_mom, out):
-    """Every numeric stream over a connection's pairs (NaN skipped), into ``out[j]``: count,
-    sum, min, max and, for streams with ``s_mom[j]``, the sums of squared and cubed
-    deviations from the float mean (two passes, as pandas)."""
-    for j in range(pl_v.shape[1]):
-        cnt = 0.0
-        sm = 0.0
-        mn = np.inf
-        mx = -np.inf
+def _stream_summaries(pl_v, start, length, s_mom, acc):
+    """Every numeric stream ``j`` over a connection's pairs (NaN skipped), into ``acc[:, j]``:
+    count, sum, min, max, and for streams with ``s_mom[j]`` the sums of squared and cubed
+    deviations from the float mean (two passes, as pandas); ``acc[6]`` is scratch. Rows
+    are swept once per pass with all streams side by side, branch-free (vectorisable)."""
+    ns = pl_v.shape[1]
+    cnt, sm, mn, mx, m2, m3, mean = acc[0], acc[1], acc[2], acc[3], acc[4], acc[5], acc[6]
+    for j in range(ns):
+        cnt[j] = 0.0
+        sm[j] = 0.0
+        mn[j] = np.inf
+        mx[j] = -np.inf
+        m2[j] = 0.0
+        m3[j] = 0.0
+    for a in range(start, start + length):
+        row = pl_v[a]
+        for j in range(ns):
+            x = row[j]
+            ok = x == x  # not NaN
+            cnt[j] += 1.0 if ok else 0.0
+            sm[j] += x if ok else 0.0
+            mn[j] = x if x < mn[j] else mn[j]  # NaN never compares less: skipped
+            mx[j] = x if x > mx[j] else mx[j]
+    any_mom = False
+    for j in range(ns):
+        mean[j] = sm[j] / cnt[j] if cnt[j] > 0 else 0.0
+        any_mom = any_mom or s_mom[j]
+    if any_mom:
         for a in range(start, start + length):
-            x = pl_v[a, j]
-            if x == x:  # not NaN
-                cnt += 1.0
-                sm += x
-                mn = min(mn, x)
-                mx = max(mx, x)
-        m2 = 0.0
-        m3 = 0.0
-        if s_mom[j] and cnt > 0:
-            mean = sm / cnt
-            for a in range(start, start + length):
-                x = pl_v[a, j]
-                if x == x:
-                    d = x - mean
-                    d2 = d * d
-                    m2 += d2
-                    m3 += d2 * d
-        out[j, 0], out[j, 1], out[j, 2], out[j, 3], out[j, 4], out[j, 5] = cnt, sm, mn, mx, m2, m3
+            row = pl_v[a]
+            for j in range(ns):
+                x = row[j]
+                d = x - mean[j] if x == x else 0.0
+                d2 = d * d
+                m2[j] += d2
+                m3[j] += d2 * d
 
 
 # ---------------------------------------------------------------------------- the step
@@ -468,26 +476,26 @@ def step(meta, window, cap, until,
                 if not s_done:
                     _stream_summaries(pl_v, start, length, s_mom, s_sum)
                     s_done = True
-                cnt = s_sum[j, 0]
+                cnt = s_sum[0, j]
                 if agg == AGG_SUM:
-                    v = s_sum[j, 1]
+                    v = s_sum[1, j]
                 elif cnt == 0:
                     v = np.nan
                 elif agg == AGG_MEAN:
-                    v = s_sum[j, 1] / cnt
+                    v = s_sum[1, j] / cnt
                 elif agg == AGG_MIN:
-                    v = s_sum[j, 2]
+                    v = s_sum[2, j]
                 elif agg == AGG_MAX:
-                    v = s_sum[j, 3]
+                    v = s_sum[3, j]
                 elif agg == AGG_STD:
                     if cnt < 2:
                         v = np.nan
-                    elif s_sum[j, 2] == s_sum[j, 3]:
+                    elif s_sum[2, j] == s_sum[3, j]:
                         v = 0.0  # pandas' Welford gives exactly 0 for equal values
                     else:
-                        v = math.sqrt(s_sum[j, 4] / (cnt - 1))
+                        v = math.sqrt(s_sum[4, j] / (cnt - 1))
                 else:
-                    v = _skew(cnt, s_sum[j, 4], s_sum[j, 5])
+                    v = _skew(cnt, s_sum[4, j], s_sum[5, j])
             else:  # PAIRS_CAT_NUNIQUE
                 j = num_a[f]
                 if cat_sum[j, 0] < 0:
