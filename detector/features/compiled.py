@@ -129,15 +129,13 @@ class Vocab:
             if not len(self.values):
                 return [_from_codes(np.full(len(c), -1, dtype=np.int64), self._dtype) for c in columns]
             return [_from_codes(np.where(c >= 0, rank[np.maximum(c, 0)], -1), self._dtype) for c in columns]
-        used = np.unique(np.concatenate([c[c >= 0] for c in columns]))
+        codes = np.concatenate(columns)
+        ok = codes >= 0
+        position = np.full(len(codes), -1, dtype=np.int64)
+        position[ok], used = pd.factorize(codes[ok])  # hashing, in order of appearance
         dtype = _dtype(self.array()[used])
-        out = []
-        for c in columns:
-            position = np.full(len(c), -1, dtype=np.int64)
-            ok = c >= 0
-            position[ok] = np.searchsorted(used, c[ok])
-            out.append(_from_codes(position, dtype))
-        return out
+        ends = np.cumsum([len(c) for c in columns])
+        return [_from_codes(position[end - len(c) : end], dtype) for c, end in zip(columns, ends, strict=True)]
 
 
 #: vocabularies up to this size use all their values as categories (one cached dtype)
