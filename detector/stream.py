@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cyberstream.connections import connection_id
+from cyberstream.connections import connection_id_of
 from cyberstream.kafka_io import dead_letter, json_bytes, make_consumer, make_producer
 from cyberstream.schema import SchemaError, decode_event, decode_label
 from detector.alerts import FeatureExplainer, build_alert, json_value
@@ -182,6 +182,7 @@ class StreamDetector:
         self.queued: list[tuple] = []
         self.scored: list[tuple] = []  # (cutoffs, features, online scores, online weights) awaiting the batch model
         self.snapshot = self.online.snapshot()  # the online model as of the current learning step
+        self._connection_id = connection_id_of(cfg.kind)
         self.n_scored = 0
         self.stats = Stats()
         self.stop_requested = False
@@ -489,14 +490,18 @@ class StreamDetector:
         because no complete second is left (it waits for data)."""
         cfg = self.cfg
         deadline = time.monotonic() + time_slice
+        # Every partition holds a record later than `horizon`, so every second up to it is
+        # complete without asking the broker (queues only shrink from the front in here).
+        queues = list(self.event_q.values())
+        horizon = min(q[-1][1].secs for q in queues) - 1 if queues and all(queues) else -1
         while not self.stop_requested or final:
             if not final and time.monotonic() > deadline:
                 return False
-            heads = [q[0] for q in self.event_q.values() if q]
+            heads = [q[0] for q in queues if q]
             if not heads:
                 return True
             s = min(item[1].secs for item in heads)
-            if not final:
+            if not final and s > horizon:
                 for p, q in self.event_q.items():
                     if not self._known_through(cfg.events_topic, q, p, s, self._event_secs):
                         return True
@@ -546,7 +551,7 @@ class StreamDetector:
                 if ev.secs <= self.processed_secs:  # its second is closed: featuretools' answer has changed
                     self._late(p, offset, ev)
                     continue
-                conn = connection_id(ev, cfg.kind)
+                conn = self._connection_id(ev)
                 st = self.conns.get(conn)
                 if st is None:
                     st = self.conns[conn] = ConnState(partition=p)

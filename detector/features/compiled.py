@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 _A = len(ATTRIBUTE_FIELDS)
 _IDENT = attrgetter(*IDENTITY_FIELDS)
 _ATTRS = attrgetter(*ATTRIBUTE_FIELDS)
+_SECS = attrgetter("secs")
 _EMPTY = np.empty(0, dtype=np.int64)
 _MAX_WINDOW = 1 << 30
 #: initial sizes of the slot arrays, lane pools and list pool (all grow by doubling; tests
@@ -412,15 +413,13 @@ class CompiledEngine(EngineSettings):
             return
         self._raw = []
         pairs = self._pair_slots(list(map(_IDENT, raw)))
-        sig_index = self._sig_index
         sigs = list(map(_ATTRS, raw))
-        codes = [sig_index.get(s) for s in sigs]
-        for i, c in enumerate(codes):
-            if c is None:
-                codes[i] = self._signature(sigs[i])
+        codes = list(map(self._sig_index.get, sigs))
+        if None in codes:
+            codes = [self._signature(sig) if c is None else c for sig, c in zip(sigs, codes, strict=True)]
         self._add_pending(
             pairs,
-            np.fromiter((e.secs for e in raw), dtype=np.int64, count=len(raw)),
+            np.fromiter(map(_SECS, raw), dtype=np.int64, count=len(raw)),
             np.array(codes, dtype=np.int64).reshape(len(raw), _A),
         )
 
@@ -448,7 +447,7 @@ class CompiledEngine(EngineSettings):
     def _pair_slots(self, keys: Sequence[tuple]) -> np.ndarray:
         """Slots of pairs (src_name, dest_name, src_host, dest_host), creating new ones in bulk."""
         index = self._pair_index
-        slots = [index.get(key) for key in keys]
+        slots = list(map(index.get, keys))
         if None not in slots:
             return np.array(slots, dtype=np.int64)
         new_keys = list(dict.fromkeys(key for key, slot in zip(keys, slots, strict=True) if slot is None))
