@@ -34,7 +34,10 @@ RUN useradd --create-home --uid 10001 --user-group cyberstream \
  && mkdir -p /app/data /app/models /app/reports /app/var \
  && chown -R cyberstream:cyberstream /app/data /app/models /app/reports /app/var
 USER cyberstream
-ENV CYBERSTREAM_HOME=/app/var
+# numba compiles the feature kernels once (a few seconds) and caches them: site-packages is
+# read-only for this user, so the cache lives with the run-time state.
+ENV CYBERSTREAM_HOME=/app/var \
+    NUMBA_CACHE_DIR=/app/var/numba
 
 ENTRYPOINT ["cyberstream"]
 CMD ["--help"]
