@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -128,8 +129,22 @@ def parse_row(fields: list[str], log_id: int) -> tuple[Event, bool]:
     return Event(log_id, secs, *ids, *attrs), label
 
 
+_FIELD_GETTER = itemgetter(*EVENT_FIELDS)
+
+
 def event_from_dict(obj: Any) -> Event:
     """Validate a decoded event-topic JSON object and build the event from it."""
+    if type(obj) is dict:  # fast path for well-formed events (the detector decodes every one)
+        try:
+            values = _FIELD_GETTER(obj)
+        except KeyError:
+            values = None
+        if values is not None:
+            log_id, secs = values[0], values[1]
+            if (type(log_id) is int and type(secs) is int and log_id >= 0 and secs >= 0
+                    and all(type(v) is str and v and not v.isspace() for v in values[2:6])
+                    and all(v is None or type(v) is str for v in values[6:])):  # fmt: skip
+                return Event(*values)
     if not isinstance(obj, dict):
         raise SchemaError(f"event must be a JSON object, got {type(obj).__name__}")
     missing = [f for f in EVENT_FIELDS if f not in obj]

@@ -36,6 +36,7 @@ import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,7 @@ from cyberstream.kafka_io import dead_letter, json_bytes, make_consumer, make_pr
 from cyberstream.schema import SchemaError, decode_event, decode_label
 from detector.alerts import FeatureExplainer, build_alert, json_value
 from detector.online import OnlineModel
-from training.labels import LabelSpec, resolve_label
+from training.labels import LabelSpec, resolve_window
 
 log = logging.getLogger(__name__)
 
@@ -121,13 +122,23 @@ class ConnState:
             self.recent.popleft()
             self.base += 1
         if self.labels:
+            # Labels of events older than every remembered position are not needed (those
+            # positions hold the newer events). Labels arrive in event-time order per
+            # connection, so the stale ones are at the front; a straggler waits for later.
             oldest = self.recent[0][1] if self.recent else self.last_secs + 1
-            known = {lid for lid, _ in self.recent}
-            for lid in [lid for lid, (_, s, _) in self.labels.items() if s < oldest and lid not in known]:
+            stale = []
+            for lid, (_, s, _) in self.labels.items():
+                if s >= oldest:
+                    break
+                stale.append(lid)
+            for lid in stale:
                 del self.labels[lid]
 
-    def window_labels(self) -> list[bool | None]:
-        return [self.labels[lid][0] if lid in self.labels else None for lid, _ in self.recent]
+    def window_labels(self, start: int, stop: int) -> list[bool | None]:
+        """Labels (None: not arrived) of the remembered positions ``start`` .. ``stop - 1``
+        (counted from ``base``)."""
+        labels = self.labels
+        return [labels[lid][0] if lid in labels else None for lid, _ in islice(self.recent, start, stop)]
 
 
 @dataclass
@@ -689,10 +700,10 @@ class StreamDetector:
             st = self.conns[conn]
             if not st.pending:
                 continue
-            labels = st.window_labels()
             while st.pending:
                 pend = st.pending[0]
-                y = resolve_label(labels, pend.k - st.base, spec)
+                start = pend.k - st.base + spec.lead
+                y = resolve_window(st.window_labels(start, start + spec.window), spec)
                 if y is None:
                     break
                 if pend.x is None:  # learning needs the inputs of cutoffs still queued

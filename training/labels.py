@@ -105,7 +105,12 @@ def resolve_label(
     it has, if there are at least two of them.
     """
     start = k + spec.lead
-    window = list(labels[start : start + spec.window])
+    return resolve_window(list(labels[start : start + spec.window]), spec, complete=complete)
+
+
+def resolve_window(window: Sequence[bool | None], spec: LabelSpec = LabelSpec(), *, complete: bool = False) -> bool | None:
+    """:func:`resolve_label` given only the cutoff's label window (the labels of its events
+    ``k + lead`` .. ``k + lead + window - 1`` that exist so far)."""
     if len(window) < MIN_LABEL_EVENTS:
         return None  # fewer than two label-window events exist (yet)
     if any(x is True for x in window):
