@@ -13,6 +13,9 @@ Time contract (event time, seconds):
 * events of one connection arrive in ``secs`` order (ties in any order);
 * a cutoff ``(c, t)`` may be asked once every event of ``c`` with ``secs <= t`` has been
   observed; events with ``secs > t`` observed already are ignored for that cutoff;
+* cutoffs are asked in time order across calls (any order within one call), and once a
+  cutoff at ``t`` was asked, events observed later must have ``secs > t`` (the compiled
+  engine moves one live state forward through time; it says so if either is broken);
 * ``advance(w)`` promises that every event with ``secs <= w`` has been observed and that no
   later cutoff has ``t < w``. It lets the engine fold events into its state, evict those that
   left the window (``secs <= w - window``) and drop idle connections: call it regularly,
@@ -212,5 +215,12 @@ def frame(cutoffs: Sequence[Cutoff], kind: str, columns: Mapping[str, object]) -
 
 
 def frame_of(ids: np.ndarray, secs: np.ndarray, kind: str, columns: Mapping[str, object]) -> pd.DataFrame:
-    """:func:`frame` for cutoffs given as arrays of connection ids (object) and seconds."""
-    return pd.DataFrame(dict(columns), index=_index(ids, secs, kind))
+    """:func:`frame` for cutoffs given as arrays of connection ids (object) and seconds.
+
+    The columns are built already (one array of the right dtype and length each), so
+    pandas' per-column checks are skipped: the detector assembles a frame per batch.
+    """
+    return pd.DataFrame._from_arrays(
+        list(columns.values()), columns=pd.Index(list(columns)), index=_index(ids, secs, kind),
+        verify_integrity=False,
+    )  # fmt: skip

@@ -2,24 +2,28 @@
 
 Events are grouped at two levels: the name-host *pair* and the *connection* (a set of
 pairs; each pair belongs to one connection). The engine keeps *live* window state at one
-event time (the live time), updated per event by the numba kernels of :mod:`.kernels`:
+event time (the live time), in numpy arrays updated per event by the numba kernels of
+:mod:`.kernels` (see there for the layout):
 
-* per group: the count, the exact integer sum of ``secs``, the window events as a
-  time-ordered chain (oldest = MIN(secs), newest = MAX(secs), and what leaves next), and
-  per attribute column (``auth_type`` ...) the window count of each value (NUM_UNIQUE, MODE);
-* per pair: its values of the streams the plan aggregates over a connection's pairs
-  (``SUM(log.secs)``, ``MODE(log.stage)`` ...), recomputed when the pair changes;
-* per connection: its pairs (a contiguous list in a shared pool).
+* per group: the count, the exact integer sum of ``secs``, the window's ``secs`` oldest
+  first in a contiguous lane (MIN, MAX, and STD/SKEW in two passes as pandas computes
+  them), and per attribute column (``auth_type`` ...) the window count of each value;
+* per connection: its pairs in a contiguous list, with each pair's values of the streams
+  the plan aggregates over pairs (``SUM(log.secs)``, ``MODE(log.stage)`` ...), recomputed
+  when a cutoff reads a pair that changed.
 
 ``features_at`` sorts its cutoffs by time and moves the live state forward through them:
 events observed up to ``t`` are applied, events with ``secs <= t - window`` evicted, then
-the row of each cutoff at ``t`` is read off (connection-level aggregations in O(1),
-STD/SKEW in two passes over the connection's chain, aggregations over its pairs in one
-pass over its present pairs). Cutoffs must therefore come in time order across calls
-(within a call any order), which is how both the detector and :func:`.matrix.feature_matrix`
-ask. ``advance(watermark)`` moves the live state on and forgets pairs and connections with
-nothing left in the window. Features the plan cannot compile are computed by the
-featuretools engine (:mod:`.oracle`) fed with the same events; a warning lists them.
+the row of each cutoff at ``t`` is read off: connection-level aggregations in O(1) (STD and
+SKEW in O(window)), aggregations over its pairs in sweeps over its list. Cutoffs must
+therefore come in time order across calls (within a call any order), which is how both the
+detector and :func:`.matrix.feature_matrix` ask. ``advance(watermark)`` moves the live state
+on and forgets pairs and connections with nothing left in the window.
+
+Python keeps what numba cannot: the dictionaries from pair keys and connection ids to
+slots, the vocabularies (value <-> code, sorted ranks for MODE's ties), and the assembly
+of the output DataFrame. Features the plan cannot compile are computed by the featuretools
+engine (:mod:`.oracle`) fed with the same events; a warning lists them.
 """
 
 from __future__ import annotations
@@ -694,10 +698,10 @@ class CompiledEngine(EngineSettings):
         freed_c = np.empty_like(freed_p)
         np_, nc = k.drop_idle(self._meta, P.zbuf, P.n, P.pend, P.inz, P.conn, P.at, P.lc, C.pstart, C.plen, C.pcap,
                               C.lc, C.ndirty, *self._lists, freed_p, freed_c)  # fmt: skip
-        index, keys = self._pair_index, self._pair_key
+        keys = self._pair_key
         freed = freed_p[:np_].tolist()
+        list(map(self._pair_index.pop, map(keys.__getitem__, freed)))
         for slot in freed:
-            del index[keys[slot]]
             keys[slot] = None
         self._free_pairs.extend(freed)
         for conn in freed_c[:nc].tolist():
