@@ -68,8 +68,6 @@ _MAX_WINDOW = 1 << 30
 INITIAL_SLOTS = 1024
 INITIAL_POOL = 1 << 16
 _SECS_KIND = {"sum": k.S_SUM, "mean": k.S_MEAN, "min": k.S_MIN, "max": k.S_MAX, "std": k.S_STD, "skew": k.S_SKEW}
-_LOG_SECS_OP = {"sum": k.LOG_SUM, "mean": k.LOG_MEAN, "min": k.LOG_MIN, "max": k.LOG_MAX, "std": k.LOG_STD,
-                "skew": k.LOG_SKEW}  # fmt: skip
 _PAIRS_AGG = {"sum": k.AGG_SUM, "mean": k.AGG_MEAN, "min": k.AGG_MIN, "max": k.AGG_MAX, "std": k.AGG_STD,
               "skew": k.AGG_SKEW}  # fmt: skip
 
@@ -319,9 +317,9 @@ class CompiledEngine(EngineSettings):
                 continue
             if s.level == TARGET_LOG:
                 if src.kind == "rows":
-                    num.append((s, k.LOG_COUNT, 0, 0))
+                    num.append((s, k.LOG_SECS, k.S_COUNT, 0))
                 elif src.kind == "secs":
-                    num.append((s, _LOG_SECS_OP[prim], 0, 0))
+                    num.append((s, k.LOG_SECS, _SECS_KIND[prim], 0))
                 elif src.kind == "attr":
                     if prim == "mode":
                         cat.append((s, k.LOG_MODE_ATTR, attr[src.column]))

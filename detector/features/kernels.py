@@ -41,20 +41,8 @@ FULL_PAIR_LANES, FULL_CONN_LANES = 1, 2
 S_COUNT, S_SUM, S_MEAN, S_MIN, S_MAX, S_STD, S_SKEW, S_NUNIQUE_ATTR, S_ONE = range(9)
 
 # numeric output ops (num_op)
-(
-    LOG_COUNT,
-    LOG_SUM,
-    LOG_MEAN,
-    LOG_MIN,
-    LOG_MAX,
-    LOG_STD,
-    LOG_SKEW,
-    LOG_NUNIQUE_ATTR,
-    COL_NUNIQUE,
-    PAIRS_COUNT,
-    PAIRS_AGG,
-    PAIRS_CAT_NUNIQUE,
-) = range(12)
+# (LOG_SECS: an aggregation of the connection's own rows or secs, ``num_a`` = its S_* kind)
+LOG_SECS, LOG_NUNIQUE_ATTR, COL_NUNIQUE, PAIRS_COUNT, PAIRS_AGG, PAIRS_CAT_NUNIQUE = range(6)
 # aggregations over pairs (num_b of PAIRS_AGG)
 AGG_SUM, AGG_MEAN, AGG_MIN, AGG_MAX, AGG_STD, AGG_SKEW = range(6)
 # categorical output ops (cat_op)
@@ -90,6 +78,35 @@ def _moments(lane, lo, n, total):
         m2 += d2
         m3 += d2 * d
     return m2, m3
+
+
+@njit(cache=True)
+def _secs_value(kind, n, total, lane, lo, m2, m3):
+    """A group's COUNT/SUM/MEAN/MIN/MAX/STD/SKEW (``kind``) of its window secs: ``n`` values
+    ``lane[lo:lo+n]`` summing to ``total``, with their deviation sums ``m2``, ``m3``."""
+    if kind == S_COUNT:
+        return float(n)
+    if kind == S_SUM:
+        return total
+    if kind == S_MEAN:
+        return total / n
+    if kind == S_MIN:
+        return lane[lo]
+    if kind == S_MAX:
+        return lane[lo + n - 1]
+    if kind == S_STD:
+        return math.sqrt(m2 / (n - 1)) if n >= 2 else np.nan
+    return _skew(float(n), m2, m3)
+
+
+@njit(cache=True)
+def _distinct(counts, lo, width):
+    """How many of ``counts[lo : lo + width]`` are non-zero (NUM_UNIQUE of value counts)."""
+    u = 0
+    for code in range(width):
+        if counts[lo + code] > 0:
+            u += 1
+    return float(u)
 
 
 @njit(cache=True)
@@ -202,27 +219,10 @@ def _pair_values(p, a, lane_p, p_n, p_sum, p_ls, p_lo, p_cnt, a_off, a_len, a_ra
         m2, m3 = _moments(lane_p, lo, n, total)
     for j in range(s_kind.shape[0]):
         kind = s_kind[j]
-        if kind == S_COUNT:
-            v = float(n)
-        elif kind == S_SUM:
-            v = total
-        elif kind == S_MEAN:
-            v = total / n
-        elif kind == S_MIN:
-            v = lane_p[lo]
-        elif kind == S_MAX:
-            v = lane_p[lo + n - 1]
-        elif kind == S_STD:
-            v = math.sqrt(m2 / (n - 1)) if n >= 2 else np.nan
-        elif kind == S_SKEW:
-            v = _skew(float(n), m2, m3)
+        if kind <= S_SKEW:
+            v = _secs_value(kind, n, total, lane_p, lo, m2, m3)
         elif kind == S_NUNIQUE_ATTR:
-            attr = s_arg[j]
-            u = 0
-            for code in range(a_len[attr]):
-                if p_cnt[p, a_off[attr] + code] > 0:
-                    u += 1
-            v = float(u)
+            v = _distinct(p_cnt[p], a_off[s_arg[j]], a_len[s_arg[j]])
         else:  # S_ONE
             v = 1.0
         pl_v[a, j] = v
@@ -437,32 +437,15 @@ def step(meta, window, cap, until,
         clo = c_ls[c] + c_lo[c]
         for f in range(num_op.shape[0]):
             op = num_op[f]
-            if op == LOG_COUNT:
-                v = float(n)
-            elif op == LOG_SUM:
-                v = total
-            elif op == LOG_MEAN:
-                v = total / n
-            elif op == LOG_MIN:
-                v = lane_c[clo]
-            elif op == LOG_MAX:
-                v = lane_c[clo + n - 1]
-            elif op == LOG_STD or op == LOG_SKEW:
-                if not c_moments:
+            if op == LOG_SECS:
+                kind = num_a[f]
+                if (kind == S_STD or kind == S_SKEW) and not c_moments:
                     if n >= 2:
                         cm2, cm3 = _moments(lane_c, clo, n, total)
                     c_moments = True
-                if op == LOG_STD:
-                    v = math.sqrt(cm2 / (n - 1)) if n >= 2 else np.nan
-                else:
-                    v = _skew(float(n), cm2, cm3)
+                v = _secs_value(kind, n, total, lane_c, clo, cm2, cm3)
             elif op == LOG_NUNIQUE_ATTR:
-                attr = num_a[f]
-                u = 0
-                for code in range(a_len[attr]):
-                    if c_cnt[c, a_off[attr] + code] > 0:
-                        u += 1
-                v = float(u)
+                v = _distinct(c_cnt[c], a_off[num_a[f]], a_len[num_a[f]])
             elif op == COL_NUNIQUE:
                 k = num_a[f]
                 if col_sum[k, 0] < 0:
@@ -524,15 +507,23 @@ def step(meta, window, cap, until,
 
 # ---------------------------------------------------------------------------- lists, pools
 @njit(cache=True)
-def _move_entry(src, dst, pl_pair, pl_n, pl_dirty, pl_v, pl_c, pl_code, p_at):
+def _copy_entry(src, dst, pl_pair, pl_n, pl_dirty, pl_v, pl_c, pl_code, to_pair, to_n, to_dirty, to_v, to_c, to_code,
+                p_at):
+    """Copy list-pool entry ``src`` to entry ``dst`` of the ``to_*`` pool (maybe the same)."""
     p = pl_pair[src]
-    pl_pair[dst] = p
-    pl_n[dst] = pl_n[src]
-    pl_dirty[dst] = pl_dirty[src]
-    pl_v[dst] = pl_v[src]
-    pl_c[dst] = pl_c[src]
-    pl_code[dst] = pl_code[src]
+    to_pair[dst] = p
+    to_n[dst] = pl_n[src]
+    to_dirty[dst] = pl_dirty[src]
+    to_v[dst] = pl_v[src]
+    to_c[dst] = pl_c[src]
+    to_code[dst] = pl_code[src]
     p_at[p] = dst
+
+
+@njit(cache=True)
+def _move_entry(src, dst, pl_pair, pl_n, pl_dirty, pl_v, pl_c, pl_code, p_at):
+    _copy_entry(src, dst, pl_pair, pl_n, pl_dirty, pl_v, pl_c, pl_code, pl_pair, pl_n, pl_dirty, pl_v, pl_c, pl_code,
+                p_at)
 
 
 @njit(cache=True)
@@ -633,16 +624,8 @@ def compact_lists(c_pstart, c_plen, c_pcap, pl_pair, pl_n, pl_dirty, pl_v, pl_c,
             continue
         start = c_pstart[c]
         for r in range(c_plen[c]):
-            src = start + r
-            dst = top + r
-            p = pl_pair[src]
-            new_pair[dst] = p
-            new_n[dst] = pl_n[src]
-            new_dirty[dst] = pl_dirty[src]
-            new_v[dst] = pl_v[src]
-            new_c[dst] = pl_c[src]
-            new_code[dst] = pl_code[src]
-            p_at[p] = dst
+            _copy_entry(start + r, top + r, pl_pair, pl_n, pl_dirty, pl_v, pl_c, pl_code, new_pair, new_n, new_dirty,
+                        new_v, new_c, new_code, p_at)
         c_pstart[c] = top
         top += c_pcap[c]
     return top
