@@ -110,13 +110,6 @@ class OnlineModel:
         self._m2 = self._m2 + m2_b + delta**2 * self._n * n_b / n
         self._n = n
 
-    def predict(self, features: pd.DataFrame) -> np.ndarray | None:
-        """P(malicious) per row, or None while the model has learnt nothing."""
-        snap = self.snapshot()
-        if snap is None or features.empty:
-            return None
-        return snap.predict(features.reindex(columns=self.feature_names).to_numpy(dtype="float64", na_value=np.nan))
-
     def learn(self, features: pd.DataFrame, labels: Sequence[bool]) -> None:
         """Learn from resolved cutoffs (features as scored, labels from the label topic)."""
         if features.empty:

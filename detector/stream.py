@@ -640,7 +640,7 @@ class StreamDetector:
             for j, (conn, secs, _, log_id) in enumerate(rows):
                 b = batch_scores[i]
                 o = None if np.isnan(online_scores[j]) else float(online_scores[j])
-                weight = float(weights[j]) if o is not None else 0.0
+                weight = float(weights[j])  # 0 where there is no online score
                 score = b if o is None else (1 - weight) * b + weight * o
                 self._decide(conn, secs, log_id, features, i, b, o, weight, score, now)
                 i += 1

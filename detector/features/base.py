@@ -80,9 +80,13 @@ def output_kind(feature: ft.FeatureBase) -> str:
 
 def cutoff_index(cutoffs: Sequence[Cutoff], kind: str) -> pd.MultiIndex:
     """The output index for ``cutoffs``: (connection id, cutoff second)."""
+    return _index(*_cutoff_arrays(cutoffs), kind)
+
+
+def _cutoff_arrays(cutoffs: Sequence[Cutoff]) -> tuple[np.ndarray, np.ndarray]:
     ids = np.array([c for c, _ in cutoffs], dtype=object)
     secs = np.fromiter((int(t) for _, t in cutoffs), dtype=np.int64, count=len(cutoffs))
-    return _index(ids, secs, kind)
+    return ids, secs
 
 
 def _index(ids: np.ndarray, secs: np.ndarray, kind: str) -> pd.MultiIndex:
@@ -211,7 +215,7 @@ class EngineSettings:
 
 def frame(cutoffs: Sequence[Cutoff], kind: str, columns: Mapping[str, object]) -> pd.DataFrame:
     """Assemble the output DataFrame (columns already in saved order and dtype)."""
-    return pd.DataFrame(dict(columns), index=cutoff_index(cutoffs, kind))
+    return frame_of(*_cutoff_arrays(cutoffs), kind, columns)
 
 
 def frame_of(ids: np.ndarray, secs: np.ndarray, kind: str, columns: Mapping[str, object]) -> pd.DataFrame:

@@ -30,9 +30,9 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import repeat
-from operator import attrgetter, itemgetter
+from operator import attrgetter
 
 import featuretools as ft
 import numpy as np
@@ -92,6 +92,13 @@ class Vocab:
             c = self.index[value] = len(self.values)
             self.values.append(value)
         return c
+
+    def codes(self, values: Sequence[str]) -> list[int]:
+        """:meth:`code` of many values (known ones looked up in one C-level pass)."""
+        known = list(map(self.index.get, values))
+        if None not in known:
+            return known
+        return [self.code(v) if c is None else c for v, c in zip(values, known, strict=True)]
 
     def rank(self) -> np.ndarray:
         """``rank[code]`` = position of the value in sorted order (new values inserted)."""
@@ -230,14 +237,14 @@ class CompiledEngine(EngineSettings):
                 base_epoch=base_epoch,
                 max_events_per_connection=max_events_per_connection,
             )
-        conn_pos = [IDENTITY_FIELDS.index(f) for f in connection_fields(kind)]
-        self._conn_parts = itemgetter(*conn_pos, conn_pos[0])  # a pair key's fields that make its connection
+        self._conn_pos = [IDENTITY_FIELDS.index(f) for f in connection_fields(kind)]  # in a pair key
         self._index = target_index(kind)
         self.vocab: dict[str, Vocab] = {c: Vocab() for c in (*IDENTITY_FIELDS, *ATTRIBUTE_FIELDS)}
         self.vocab.setdefault(self._index, Vocab())
         self._compile_ops(self.plan.specs)
         for c in (*self._pair_cols, *self._target_cols):
             self.vocab.setdefault(c, Vocab())
+        self._column_value = {c: self._column_getter(c) for c in (*self._pair_cols, *self._target_cols)}
         K = max(len(self._pair_cols), 1)
         # attribute value counts: attribute a at columns a_off[a] .. a_off[a] + a_cap[a]
         self._a_cap = np.full(_A, 8, dtype=np.int64)
@@ -266,8 +273,9 @@ class CompiledEngine(EngineSettings):
             dict(n=0, sum=0, npres=0, ndirty=0, ls=0, lc=0, lo=0, pstart=0, plen=0, pcap=0),
             cnt=(np.int32, 0, W), **{"col_" + c: (np.int64, -1) for c in self._target_cols},
         )  # fmt: skip
-        # -- lanes: each group's window secs (and store indexes), oldest first
-        self._lanes = {level: (np.zeros(INITIAL_POOL), np.zeros(INITIAL_POOL, dtype=np.int64)) for level in "PC"}
+        # -- lanes: each group's window secs oldest first (and for connections their store
+        #    indexes, which the cap needs to drop a connection's oldest event)
+        self._lanes = {"P": (np.zeros(INITIAL_POOL), _EMPTY), "C": (np.zeros(INITIAL_POOL), np.zeros(INITIAL_POOL, np.int64))}
         # -- pair lists: each connection's pairs with their values, contiguous
         self._lists = self._new_lists(INITIAL_POOL)
         # -- the window's events, in time order (logical index = physical + meta[BASE])
@@ -400,8 +408,7 @@ class CompiledEngine(EngineSettings):
         codes = np.full((len(events), _A), -1, dtype=np.int64)
         for j, a in enumerate(ATTRIBUTE_FIELDS):
             col_codes, col_uniques = pd.factorize(events[a].to_numpy(dtype=object), use_na_sentinel=True)
-            vocab = self.vocab[a]
-            lut = np.fromiter((vocab.code(v) for v in col_uniques), dtype=np.int64, count=len(col_uniques))
+            lut = np.array(self.vocab[a].codes(list(col_uniques)), dtype=np.int64)
             if len(lut):
                 codes[:, j] = np.where(col_codes >= 0, lut[np.maximum(col_codes, 0)], -1)
         self._add_pending(slots[key], secs, codes)
@@ -464,8 +471,8 @@ class CompiledEngine(EngineSettings):
             index[key] = slot
             self._pair_key[slot] = key
         self.P.ensure(len(self._pair_key))
-        parts = self._conn_parts
-        conn_ids = [SEPARATOR.join(parts(key)[:-1]) for key in new_keys]
+        pos = self._conn_pos
+        conn_ids = [SEPARATOR.join([key[i] for i in pos]) for key in new_keys]
         conn_index = self._conn_index
         conns = [conn_index.get(c) for c in conn_ids]
         for i, c in enumerate(conns):
@@ -476,14 +483,8 @@ class CompiledEngine(EngineSettings):
         self.P.conn[slot_arr] = conn_arr
         codes = np.empty((m, max(len(self._pair_cols), 1)), dtype=np.int64)
         for j, col in enumerate(self._pair_cols):
-            code = self.vocab[col].code
-            if col in IDENTITY_FIELDS:
-                f = IDENTITY_FIELDS.index(col)
-                values = [key[f] for key in new_keys]
-            else:
-                values = [self._column_value(col, key, cid) for key, cid in zip(new_keys, conn_ids, strict=True)]
-            known = list(map(self.vocab[col].index.get, values))
-            codes[:, j] = [code(v) if c is None else c for v, c in zip(values, known, strict=True)]
+            value = self._column_value[col]
+            codes[:, j] = self.vocab[col].codes([value(key, cid) for key, cid in zip(new_keys, conn_ids, strict=True)])
         self._link(slot_arr, conn_arr, codes)
         created = dict(zip(new_keys, new_slots, strict=True))
         return np.array([created[key] if slot is None else slot for key, slot in zip(keys, slots, strict=True)],
@@ -521,17 +522,19 @@ class CompiledEngine(EngineSettings):
         lane, lane_i = self._lanes[level]
         live = g.lc > 0
         size = max(len(lane), 2 * (4 * int(g.n[live].sum()) + 4 * int(live.sum())))
-        new = (np.zeros(size), np.zeros(size, dtype=np.int64))
+        new = (np.zeros(size), np.zeros(size if len(lane_i) else 0, dtype=np.int64))
         self._meta[k.PTOP if level == "P" else k.CTOP] = k.compact_lanes(g.n, g.ls, g.lc, g.lo, lane, lane_i, *new)
         self._lanes[level] = new
 
-    def _column_value(self, col: str, key: tuple, conn_id: str) -> str:
+    def _column_getter(self, col: str) -> Callable[[tuple, str], str]:
+        """How a pair or connection column is read off a pair key and its connection id."""
         if col in IDENTITY_FIELDS:
-            return key[IDENTITY_FIELDS.index(col)]
+            i = IDENTITY_FIELDS.index(col)
+            return lambda key, _conn_id: key[i]
         if col == PAIR_INDEX:
-            return SEPARATOR.join(key)
+            return lambda key, _conn_id: SEPARATOR.join(key)
         if col == self._index:
-            return conn_id
+            return lambda _key, conn_id: conn_id
         raise KeyError(col)
 
     def _conn_slot(self, conn_id: str, key: tuple) -> int:
@@ -547,7 +550,7 @@ class CompiledEngine(EngineSettings):
             self.C.ensure(slot + 1)
         self._conn_index[conn_id] = slot
         for col in self._target_cols:
-            getattr(self.C, "col_" + col)[slot] = self.vocab[col].code(self._column_value(col, key, conn_id))
+            getattr(self.C, "col_" + col)[slot] = self.vocab[col].code(self._column_value[col](key, conn_id))
         return slot
 
     # ================================================================== kernel calls
@@ -558,7 +561,6 @@ class CompiledEngine(EngineSettings):
         if live + len(self._pd_secs) > S.capacity:
             self._compact(force=True)
             S.ensure(int(meta[k.SIZE] - meta[k.BASE]) + len(self._pd_secs))
-        self.P.ensure(len(self._pair_key))  # zbuf holds up to one entry per pair
         sizes = np.array([len(self.vocab[a].values) for a in ATTRIBUTE_FIELDS], dtype=np.int64)
         if (sizes > self._a_cap).any():
             self._widen(sizes)

@@ -138,26 +138,31 @@ def _lane_room(g, n, ls, lc, lo, top, size):
 
 @njit(cache=True)
 def _lane_push(g, n, secs, idx, ls, lc, lo, lane, lane_i, meta, top_slot):
-    """Append (secs, store index) to group ``g``'s lane (room checked by ``_lane_room``)."""
+    """Append (secs, store index) to group ``g``'s lane (room checked by ``_lane_room``); an
+    empty ``lane_i`` keeps no store indexes (pairs need none)."""
+    with_i = lane_i.shape[0] > 0
     if lo[g] + n == lc[g]:
         start = ls[g]
         if lo[g] > 0 and n <= lc[g] // 2:  # slide the live values down to the region start
             for r in range(n):
                 lane[start + r] = lane[start + lo[g] + r]
-                lane_i[start + r] = lane_i[start + lo[g] + r]
+                if with_i:
+                    lane_i[start + r] = lane_i[start + lo[g] + r]
         else:  # move to a region twice as big at the pool's end
             cap = max(4, 2 * lc[g])
             top = meta[top_slot]
             for r in range(n):
                 lane[top + r] = lane[start + lo[g] + r]
-                lane_i[top + r] = lane_i[start + lo[g] + r]
+                if with_i:
+                    lane_i[top + r] = lane_i[start + lo[g] + r]
             ls[g] = top
             lc[g] = cap
             meta[top_slot] = top + cap
         lo[g] = 0
     at = ls[g] + lo[g] + n
     lane[at] = secs
-    lane_i[at] = idx
+    if with_i:
+        lane_i[at] = idx
 
 
 # ---------------------------------------------------------------------------- updates
@@ -606,7 +611,8 @@ def compact_lanes(n, ls, lc, lo, lane, lane_i, new_lane, new_lane_i):
             room *= 2
         for r in range(n[g]):
             new_lane[top + r] = lane[ls[g] + lo[g] + r]
-            new_lane_i[top + r] = lane_i[ls[g] + lo[g] + r]
+            if lane_i.shape[0]:
+                new_lane_i[top + r] = lane_i[ls[g] + lo[g] + r]
         ls[g] = top
         lc[g] = room
         lo[g] = 0
