@@ -315,8 +315,8 @@ class StreamDetector:
             self.label_q.pop(p, None)
             self.next_event_offset.pop(p, None)
             self.next_label_offset.pop(p, None)
-        # The feature windows of the remaining partitions are rebuilt with the new ones.
-        self.engine = self.engine_factory()
+        # The engine keeps the remaining partitions' windows; the assignment that follows
+        # rebuilds every window into a fresh engine.
 
     def _on_assigned(self, assigned) -> None:
         from kafka.structs import TopicPartition
@@ -556,9 +556,9 @@ class StreamDetector:
         last_log: dict[str, int] = {}
         t0 = time.perf_counter()
         for p, q in self.event_q.items():
+            offset = None
             while q and q[0][1].secs <= s:
                 offset, ev = q.popleft()
-                self.next_event_offset[p] = offset + 1
                 if ev.secs <= self.processed_secs:  # its second is closed: featuretools' answer has changed
                     self._late(p, offset, ev)
                     continue
@@ -573,6 +573,8 @@ class StreamDetector:
                 last_log[conn] = max(last_log.get(conn, -1), ev.log_id)
                 self.engine.observe(ev)
                 self.stats.events += 1
+            if offset is not None:
+                self.next_event_offset[p] = offset + 1
             if not q:
                 self._drained(self.next_event_offset, self.skipped_events, p)
         now = time.monotonic()
@@ -711,8 +713,7 @@ class StreamDetector:
                 st.pending.popleft()
                 order.append((pend.secs, conn))
                 if self.learn_log is not None:
-                    start = pend.k - st.base + spec.lead
-                    used = [st.labels[lid][2] for lid, _ in list(st.recent)[start:start + spec.window]
+                    used = [st.labels[lid][2] for lid, _ in islice(st.recent, start, start + spec.window)
                             if lid in st.labels]  # fmt: skip
                     self.learn_log.append((boundary, conn, pend.secs, y, used))
                 xs.append(pend.x)
