@@ -295,10 +295,18 @@ def _cat_summary(start, length, j, pl_c, width, rank, rank_lo, vcount, out):
 def _stream_summaries(pl_v, start, length, s_mom, acc):
     """Every numeric stream ``j`` over a connection's pairs (NaN skipped), into ``acc[:, j]``:
     count, sum, min, max, and for streams with ``s_mom[j]`` the sums of squared and cubed
-    deviations from the float mean (two passes, as pandas); ``acc[6]`` is scratch. Rows
-    are swept once per pass with all streams side by side, branch-free (vectorisable)."""
+    deviations from the mean (two passes, as pandas); ``acc[6:]`` is scratch. Rows are swept
+    once per pass with all streams side by side, branch-free (vectorisable).
+
+    The three sums are compensated (Knuth's TwoSum, the rounding error of every addition
+    carried in a second accumulator), so they are the exact sums rounded once: the same
+    whatever order a connection's pairs are in. That order depends on when idle pairs were
+    dropped, i.e. on how the stream was batched; plain sums made features (and so scores)
+    differ in the last bits between a restarted detector and an uninterrupted one.
+    """
     ns = pl_v.shape[1]
     cnt, sm, mn, mx, m2, m3, mean = acc[0], acc[1], acc[2], acc[3], acc[4], acc[5], acc[6]
+    sm_lo, m2_lo, m3_lo = acc[7], acc[8], acc[9]
     for j in range(ns):
         cnt[j] = 0.0
         sm[j] = 0.0
@@ -306,17 +314,25 @@ def _stream_summaries(pl_v, start, length, s_mom, acc):
         mx[j] = -np.inf
         m2[j] = 0.0
         m3[j] = 0.0
+        sm_lo[j] = 0.0
+        m2_lo[j] = 0.0
+        m3_lo[j] = 0.0
     for a in range(start, start + length):
         row = pl_v[a]
         for j in range(ns):
             x = row[j]
             ok = x == x  # not NaN
             cnt[j] += 1.0 if ok else 0.0
-            sm[j] += x if ok else 0.0
+            v = x if ok else 0.0
+            t = sm[j] + v
+            b = t - sm[j]
+            sm_lo[j] += (sm[j] - (t - b)) + (v - b)
+            sm[j] = t
             mn[j] = x if x < mn[j] else mn[j]  # NaN never compares less: skipped
             mx[j] = x if x > mx[j] else mx[j]
     any_mom = False
     for j in range(ns):
+        sm[j] = _fold(sm[j], sm_lo[j])
         mean[j] = sm[j] / cnt[j] if cnt[j] > 0 else 0.0
         any_mom = any_mom or s_mom[j]
     if any_mom:
@@ -326,8 +342,24 @@ def _stream_summaries(pl_v, start, length, s_mom, acc):
                 x = row[j]
                 d = x - mean[j] if x == x else 0.0
                 d2 = d * d
-                m2[j] += d2
-                m3[j] += d2 * d
+                d3 = d2 * d
+                t = m2[j] + d2
+                b = t - m2[j]
+                m2_lo[j] += (m2[j] - (t - b)) + (d2 - b)
+                m2[j] = t
+                t = m3[j] + d3
+                b = t - m3[j]
+                m3_lo[j] += (m3[j] - (t - b)) + (d3 - b)
+                m3[j] = t
+        for j in range(ns):
+            m2[j] = _fold(m2[j], m2_lo[j])
+            m3[j] = _fold(m3[j], m3_lo[j])
+
+
+@njit(cache=True, inline="always")
+def _fold(hi, lo):
+    """A compensated sum's value (its error term is NaN only if the sum is infinite)."""
+    return hi + lo if lo == lo else hi
 
 
 # ---------------------------------------------------------------------------- the step
