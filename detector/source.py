@@ -81,6 +81,7 @@ class GroupSource:
         self._on_assign = on_assign
         self._on_revoke = on_revoke
         self.assigned: set[Partition] = set()
+        self._closing = False
         self._consumer.subscribe(topics, on_assign=self._assign, on_revoke=self._revoke, on_lost=self._revoke)
 
     def _assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -96,7 +97,8 @@ class GroupSource:
     def _revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         parts = [(tp.topic, tp.partition) for tp in partitions]
         self.assigned -= set(parts)
-        self._on_revoke(parts)
+        if not self._closing:  # leaving the group on close is not a hand-over of work
+            self._on_revoke(parts)
         consumer.unassign()
 
     def poll(self, timeout: float, max_records: int) -> dict[Partition, Records]:
@@ -149,6 +151,7 @@ class GroupSource:
             self._consumer.commit(offsets=tps, asynchronous=False)
 
     def close(self) -> None:
+        self._closing = True
         self._consumer.close()
 
 
