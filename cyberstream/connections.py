@@ -8,7 +8,7 @@ connection kinds from the demo's first notebook are available by name. The id fo
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from operator import attrgetter, itemgetter
+from operator import attrgetter
 from typing import Any
 
 SEPARATOR = " / "
@@ -50,14 +50,3 @@ def connection_id_of(kind: str = DEFAULT_CONNECTION) -> Callable[[Any], str]:
     if len(fields) == 1:
         return get
     return lambda event: SEPARATOR.join(get(event))
-
-
-def connection_ids_of_rows(kind: str = DEFAULT_CONNECTION) -> Callable[[list[tuple]], list[str]]:
-    """``connection_id`` for many events given as rows (tuples in ``EVENT_FIELDS`` order)."""
-    from cyberstream.schema import EVENT_FIELDS
-
-    fields = connection_fields(kind)
-    get = itemgetter(*(EVENT_FIELDS.index(f) for f in fields))
-    if len(fields) == 1:
-        return lambda rows: list(map(get, rows))
-    return lambda rows: list(map(SEPARATOR.join, map(get, rows)))

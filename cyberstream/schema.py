@@ -179,55 +179,6 @@ def decode_event(raw: bytes) -> Event:
     return event_from_dict(obj)
 
 
-def _all_of(types: set[type], column: tuple) -> bool:
-    return set(map(type, column)) <= types
-
-
-def _non_negative_ints(column: tuple) -> bool:
-    return _all_of({int}, column) and min(column) >= 0
-
-
-def _names(column: tuple) -> bool:
-    return _all_of({str}, column) and "" not in column and not any(map(str.isspace, column))
-
-
-def _rows_or_none(values: list, getter: itemgetter, checks: tuple) -> list[tuple] | None:
-    """Decode many values at C speed when every one is well formed, else None."""
-    try:
-        rows = list(map(getter, map(orjson.loads, values)))
-    except (ValueError, TypeError, KeyError):  # not JSON, not an object, a field missing
-        return None
-    columns = list(zip(*rows, strict=True))
-    if all(check(col) for check, col in zip(checks, columns, strict=True)):
-        return rows
-    return None
-
-
-def _decode_many(values: list, fast: itemgetter, checks: tuple, one) -> tuple[list[tuple], list[tuple[int, str]]]:
-    if not values:
-        return [], []
-    rows = _rows_or_none(values, fast, checks)
-    if rows is not None:
-        return rows, []
-    rows, errors = [], []
-    for i, raw in enumerate(values):
-        try:
-            rows.append(fast(one(raw)))
-        except SchemaError as exc:
-            errors.append((i, exc.reason))
-    return rows, errors
-
-
-_EVENT_CHECKS = (_non_negative_ints, _non_negative_ints, *[_names] * 4, *[lambda c: _all_of({str, type(None)}, c)] * 4)
-
-
-def decode_events(values: list[bytes]) -> tuple[list[tuple], list[tuple[int, str]]]:
-    """Decode many event-topic values: the well-formed ones as rows (tuples in
-    ``EVENT_FIELDS`` order, in input order) and ``(index, reason)`` of the malformed ones.
-    The same rules as :func:`decode_event`, checked a column at a time."""
-    return _decode_many(values, _FIELD_GETTER, _EVENT_CHECKS, lambda raw: decode_event(raw).to_dict())
-
-
 @dataclass(frozen=True, slots=True)
 class LabelRecord:
     """An analyst's verdict on one event, as it travels on the label topic.
@@ -245,23 +196,6 @@ class LabelRecord:
         label = LABEL_MALICIOUS if self.malicious else LABEL_CLEAN
         obj = {"connection": self.connection, "log_id": self.log_id, "secs": self.secs, "label": label}
         return json.dumps(obj, separators=(",", ":")).encode()
-
-
-LABEL_FIELDS: tuple[str, ...] = ("connection", "log_id", "secs", "label")
-_LABEL_GETTER = itemgetter(*LABEL_FIELDS)
-_LABEL_CHECKS = (_names, _non_negative_ints, _non_negative_ints, lambda c: set(c) <= set(LABELS))
-
-
-def decode_labels(values: list[bytes]) -> tuple[list[tuple], list[tuple[int, str]]]:
-    """Decode many label-topic values: rows ``(connection, log_id, secs, label)`` with the
-    label as written (``"A"`` or ``"N"``), and ``(index, reason)`` of the malformed ones."""
-
-    def one(raw: bytes) -> dict:
-        rec = decode_label(raw)
-        return {"connection": rec.connection, "log_id": rec.log_id, "secs": rec.secs,
-                "label": LABEL_MALICIOUS if rec.malicious else LABEL_CLEAN}  # fmt: skip
-
-    return _decode_many(values, _LABEL_GETTER, _LABEL_CHECKS, one)
 
 
 def decode_label(raw: bytes) -> LabelRecord:

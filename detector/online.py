@@ -78,17 +78,13 @@ class OnlineModel:
         std[std == 0] = 1.0
         return std
 
-    def _scaled(self, values: np.ndarray, learn: bool = False) -> np.ndarray:
-        """River's inputs from raw values; learning updates the scaling first."""
-        x = _squash(np.array(values, dtype="float64"))
-        if learn:
-            self._update_scale(x)
-        return np.clip((x - self._mean) / self._std(), -10.0, 10.0)
-
-    def _inputs(self, features: pd.DataFrame) -> pd.DataFrame:
+    def _inputs(self, features: pd.DataFrame, learn: bool = False) -> pd.DataFrame:
         x = features.reindex(columns=self.feature_names)
-        return pd.DataFrame(self._scaled(x.to_numpy(dtype="float64", na_value=np.nan)), columns=x.columns,
-                            index=x.index)  # fmt: skip
+        values = _squash(x.to_numpy(dtype="float64", na_value=np.nan))
+        if learn:
+            self._update_scale(values)
+        z = np.clip((values - self._mean) / self._std(), -10.0, 10.0)
+        return pd.DataFrame(z, columns=x.columns, index=x.index)
 
     def snapshot(self) -> OnlineSnapshot | None:
         """The model as it stands (None while it has learnt nothing)."""
@@ -118,17 +114,10 @@ class OnlineModel:
         """Learn from resolved cutoffs (features as scored, labels from the label topic)."""
         if features.empty:
             return
-        x = features.reindex(columns=self.feature_names).to_numpy(dtype="float64", na_value=np.nan)
-        self.learn_values(x, np.asarray(labels, dtype=bool))
-
-    def learn_values(self, values: np.ndarray, labels: np.ndarray) -> None:
-        """:meth:`learn` given the raw numeric features as an array (columns in the model's order)."""
-        if not len(values):
-            return
-        y = pd.Series(labels.astype(bool))
-        self.model.learn_many(pd.DataFrame(self._scaled(values, learn=True), columns=self.feature_names), y)
+        y = pd.Series([bool(v) for v in labels], index=features.index)
+        self.model.learn_many(self._inputs(features, learn=True), y)
         self.n_learned += len(y)
-        self.n_positive += int(labels.sum())
+        self.n_positive += int(y.sum())
 
     def weights(self) -> dict[str, float]:
         """The linear weights per feature (on the scaled inputs)."""

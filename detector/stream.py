@@ -4,13 +4,11 @@ How the stream is cut into work (all of it deterministic, so a restarted detecto
 reproduces exactly the alerts of an uninterrupted one):
 
 * **Seconds, in global event-time order.** Events are buffered per partition; second ``s``
-  is complete once every assigned partition is known through ``s`` (it holds a later
-  event, or it is caught up with the broker). All complete seconds are processed together,
-  in ``secs`` order: their events go into the feature engine and the ledger (arrays of
-  connections, recent events and pending cutoffs, ``detector/ledger.py``), and each
-  connection that had events in second ``s`` gets a cutoff at ``s`` (the training issue's
-  definition: one cutoff per connection per distinct ``secs``, at the last event of that
-  second). Eligible cutoffs (at least N earlier events) are scored.
+  is processed once every assigned partition is known through ``s`` (it holds a later
+  event, or it is caught up with the broker). All events of second ``s`` then go into the
+  feature engine, and each connection that had events in ``s`` gets a cutoff at ``s``
+  (the training issue's definition: one cutoff per connection per distinct ``secs``, at
+  the last event of that second). Eligible cutoffs (at least N earlier events) are scored.
 * **Learning in event-time steps.** Labels are applied, and the online model learns from
   the cutoffs they resolve, at every multiple of ``learn_every_secs`` of event time. A
   label's arrival time is its record timestamp (the producer stamps it with the event
@@ -28,7 +26,6 @@ reproduces exactly the alerts of an uninterrupted one):
 
 from __future__ import annotations
 
-import bisect
 import json
 import logging
 import os
@@ -37,27 +34,25 @@ import resource
 import signal
 import tempfile
 import time
+from collections import deque
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from cyberstream.connections import connection_ids_of_rows
-from cyberstream.kafka_io import dead_letter, json_bytes, make_producer
-from cyberstream.schema import LABEL_MALICIOUS, Event, decode_events, decode_labels
+from cyberstream.connections import connection_id_of
+from cyberstream.kafka_io import dead_letter, json_bytes, make_consumer, make_producer
+from cyberstream.schema import SchemaError, decode_event, decode_label
 from detector.alerts import FeatureExplainer, build_alert, json_value
-from detector.ledger import Cutoffs, Ledger
 from detector.online import OnlineModel
-from detector.source import GroupSource, Partition, Records, last_timestamp, read_partition
-from training.labels import LabelSpec
+from training.labels import LabelSpec, resolve_window
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_VERSION = 2
-#: "known through any time": a partition that is caught up and quiet
-FOREVER = np.iinfo(np.int64).max // 2
+CHECKPOINT_VERSION = 1
 
 
 @dataclass
@@ -97,62 +92,53 @@ class DetectorConfig:
     record_every: int = 50
 
 
-class Buffer:
-    """Decoded records of one partition waiting to be processed, in offset order, each with
-    its time (an event's ``secs``, a label's arrival)."""
+@dataclass
+class Pending:
+    """A cutoff waiting for its label: position, time, the online model's inputs (filled in
+    when its features are computed)."""
 
-    def __init__(self) -> None:
-        self.offsets: list[int] = []
-        self.times: list[int] = []
-        self.rows: list[tuple] = []
-        self.head = 0
-        self.in_order = True  # times never decrease (the normal case: bisect instead of a scan)
-        self.seen: int | None = None  # offset after the last record polled (dead-lettered ones too)
+    k: int
+    secs: int
+    x: np.ndarray | None = None
 
-    def __len__(self) -> int:
-        return len(self.offsets) - self.head
 
-    def extend(self, offsets: list[int], times: list[int], rows: list[tuple], seen: int) -> None:
-        if self.head and self.head >= len(self.offsets) // 2:
-            del self.offsets[: self.head], self.times[: self.head], self.rows[: self.head]
-            self.head = 0
-        if times and self.in_order:
-            last = self.times[-1] if len(self) else times[0]
-            self.in_order = last <= times[0] and times == sorted(times)
-        self.offsets.extend(offsets)
-        self.times.extend(times)
-        self.rows.extend(rows)
-        self.seen = seen
+@dataclass
+class ConnState:
+    """What the detector remembers of one connection besides its feature window."""
 
-    def last_time(self) -> int | None:
-        return self.times[-1] if len(self) else None
+    partition: int
+    n_seen: int = 0
+    last_secs: int = -1
+    base: int = 0  # position (event index in the connection) of recent[0]
+    recent: deque = field(default_factory=deque)  # (log_id, secs) of positions base .. n_seen-1
+    labels: dict = field(default_factory=dict)  # log_id -> (malicious, secs), arrived labels
+    pending: deque = field(default_factory=deque)  # Pending cutoffs, oldest first
+    last_alert_secs: int | None = None
 
-    def count_through(self, limit: int) -> int:
-        """How many records from the head have times <= ``limit`` (up to the first later one)."""
-        if self.in_order:
-            return bisect.bisect_right(self.times, limit, self.head) - self.head
-        n = 0
-        for t in self.times[self.head :]:
-            if t > limit:
-                break
-            n += 1
-        return n
+    def prune(self, spec: LabelSpec) -> None:
+        """Forget positions and labels no pending or future cutoff can need."""
+        keep_from = (self.pending[0].k if self.pending else self.n_seen) + spec.lead
+        while self.recent and self.base < keep_from:
+            self.recent.popleft()
+            self.base += 1
+        if self.labels:
+            # Labels of events older than every remembered position are not needed (those
+            # positions hold the newer events). Labels arrive in event-time order per
+            # connection, so the stale ones are at the front; a straggler waits for later.
+            oldest = self.recent[0][1] if self.recent else self.last_secs + 1
+            stale = []
+            for lid, (_, s, _) in self.labels.items():
+                if s >= oldest:
+                    break
+                stale.append(lid)
+            for lid in stale:
+                del self.labels[lid]
 
-    def take(self, n: int) -> tuple[list[int], list[int], list[tuple]]:
-        h = self.head
-        self.head = h + n
-        if self.head == len(self.offsets):
-            self.in_order = True
-        return self.offsets[h : h + n], self.times[h : h + n], self.rows[h : h + n]
-
-    def next_offset(self, taken: list[int]) -> int:
-        """The offset to resume at once ``taken`` (the last take) is processed."""
-        if not len(self) and self.seen is not None:
-            return max(taken[-1] + 1, self.seen)
-        return taken[-1] + 1
-
-    def clear(self) -> None:
-        self.__init__()
+    def window_labels(self, start: int, stop: int) -> list[bool | None]:
+        """Labels (None: not arrived) of the remembered positions ``start`` .. ``stop - 1``
+        (counted from ``base``)."""
+        labels = self.labels
+        return [labels[lid][0] if lid in labels else None for lid, _ in islice(self.recent, start, stop)]
 
 
 @dataclass
@@ -181,28 +167,6 @@ class Stats:
         return self.events / (self.last_event_at - self.first_event_at)
 
 
-@dataclass
-class LearnTask:
-    """Cutoffs resolved at one learning step: the online model learns them before scoring
-    any cutoff queued after them. Inputs of cutoffs still queued are filled in when their
-    features are computed, so learning never forces a feature computation of its own."""
-
-    seq: np.ndarray
-    y: np.ndarray
-    x: np.ndarray
-    missing: np.ndarray  # rows of x not known yet
-
-
-@dataclass
-class Scored:
-    """A batch of cutoffs with their features and online scores, awaiting the batch model."""
-
-    cutoffs: Cutoffs
-    features: pd.DataFrame
-    online: np.ndarray  # NaN: no online model yet
-    weight: np.ndarray  # the online score's weight in the final score
-
-
 class StreamDetector:
     """One detector instance in a consumer group (see the module docstring)."""
 
@@ -215,34 +179,37 @@ class StreamDetector:
         self.online = OnlineModel(batch_model.online_feature_names)
         self.online_cols = list(batch_model.online_feature_names)
         self.idle_drop_secs = max(cfg.idle_drop_secs or cfg.window_secs, cfg.window_secs)
-        self.ledger = Ledger(cfg.label_spec, len(self.online_cols))
-        self.events: dict[int, Buffer] = {}
-        self.labels: dict[int, Buffer] = {}
+        self.conns: dict[str, ConnState] = {}
+        self.event_q: dict[int, deque] = {}
+        self.label_q: dict[int, deque] = {}
         self.next_event_offset: dict[int, int] = {}
         self.next_label_offset: dict[int, int] = {}
-        self.end_offsets: dict[Partition, int] = {}
+        self.end_offsets: dict[tuple[str, int], int] = {}
         self.end_offsets_at = 0.0
         self.processed_secs = -1  # last second fully processed
         self.next_boundary: int | None = None
         self.next_sweep: int | None = None
-        #: cutoffs awaiting features and learning steps waiting for their inputs, in order
-        self.queued: list[Cutoffs | LearnTask] = []
-        self.n_queued = 0
-        self.scored: list[Scored] = []
+        #: cutoffs awaiting features: (conn, secs, k, log_id, Pending, the online model of their step)
+        self.queued: list[tuple] = []
+        self.scored: list[tuple] = []  # (cutoffs, features, online scores, online weights) awaiting the batch model
+        self.snapshot = self.online.snapshot()  # the online model as of the current learning step
+        self._connection_id = connection_id_of(cfg.kind)
         self.n_scored = 0
-        self.snapshot = self.online.snapshot()  # the online model after every learning step applied
-        self._connection_ids = connection_ids_of_rows(cfg.kind)
         self.stats = Stats()
         self.stop_requested = False
         self.send_errors: list[BaseException] = []
         self.producer = make_producer(cfg.bootstrap, client_id=f"{cfg.group_id}-alerts")
-        self.source: GroupSource | None = None
+        self.consumer = None
+        # partition -> offset after a dead-lettered record that sits behind unprocessed ones
+        self.skipped_events: dict[int, int] = {}
+        self.skipped_labels: dict[int, int] = {}
+        self._revoked: set = set()
+        self._assigned: set | None = None
         self.final_lag: int | None = None
         #: (boundary, connection, cutoff_secs, label, label arrivals) of every learnt cutoff, when a
         #: caller sets it to a list (tests check that no label is used before it arrived).
         self.learn_log: list | None = None
         self._recorder = open(cfg.record_features, "a") if cfg.record_features else None
-        self._last_data = time.monotonic()
 
     # ------------------------------------------------------------------ lifecycle
     def request_stop(self, *_: Any) -> None:
@@ -253,17 +220,40 @@ class StreamDetector:
         signal.signal(signal.SIGINT, self.request_stop)
 
     def run(self) -> Stats:
+        from kafka import ConsumerRebalanceListener
+
         cfg = self.cfg
-        self.source = GroupSource(cfg.bootstrap, cfg.group_id, [cfg.events_topic, cfg.labels_topic],
-                                  f"{cfg.group_id}-consumer", self._on_assigned, self._on_revoked)  # fmt: skip
+        detector = self
+
+        # kafka-python runs rebalance callbacks on its IO thread, where no blocking call is
+        # allowed: they only note the change, and the loop handles it after poll() returns.
+        class Listener(ConsumerRebalanceListener):
+            def on_partitions_revoked(self, revoked):
+                detector._revoked.update(revoked)
+
+            def on_partitions_assigned(self, assigned):
+                detector._assigned = set(assigned)
+
+        # RangeAssignor gives the same partition numbers of the two co-partitioned topics to
+        # the same member, so a detector owning events of partition p also owns their labels.
+        from kafka.coordinator.assignors.range import RangePartitionAssignor
+
+        self.consumer = make_consumer(
+            cfg.bootstrap, group_id=cfg.group_id, max_poll_records=cfg.poll_records,
+            partition_assignment_strategy=[RangePartitionAssignor],
+            client_id=f"{cfg.group_id}-consumer",
+        )  # fmt: skip
+        self.consumer.subscribe([cfg.events_topic, cfg.labels_topic], listener=Listener())
         last_commit = last_log = time.monotonic()
         self._last_data = time.monotonic()
         try:
             while not self.stop_requested:
-                polled = self.source.poll(0.2, cfg.poll_records)
-                if polled:
+                records = self.consumer.poll(timeout_ms=200)
+                if self._revoked or self._assigned is not None:
+                    records = self._handle_rebalance(records)
+                if records:
                     self._last_data = time.monotonic()
-                    self._enqueue(polled)
+                    self._enqueue(records)
                 if self._advance(final=False):
                     # Every complete second is processed: score now rather than wait for a full
                     # batch (latency). Scores do not depend on when this happens.
@@ -289,7 +279,7 @@ class StreamDetector:
                 self.final_lag = self.lag()
             except Exception:  # the broker may be gone; the summary says "unknown"
                 self.final_lag = None
-            self.source.close()
+            self.consumer.close(autocommit=False)
             self.producer.flush()
             self.producer.close()
             if self._recorder is not None:
@@ -298,326 +288,344 @@ class StreamDetector:
         return self.stats
 
     # ------------------------------------------------------------------ rebalancing
-    def _on_revoked(self, parts: list[Partition]) -> None:
-        # The partitions are gone: work not committed yet is redone by their next owner (at
-        # least once; alert ids are deterministic, so duplicates are recognisable).
-        gone = {p for t, p in parts if t == self.cfg.events_topic}
-        self._flush_scores()  # the work in hand (the engine still has its windows)
-        self.ledger.drop_connections(self.ledger.of_partitions(gone))
+    def _handle_rebalance(self, records: dict) -> dict:
+        """Apply a noted revocation/assignment; drop the records fetched for new partitions.
+
+        New partitions are (re)positioned explicitly at the checkpoint's or the group's
+        offsets, so records a poll fetched for them before that are dropped and re-read.
+        """
+        revoked, assigned = self._revoked, self._assigned
+        self._revoked, self._assigned = set(), None
+        if revoked:
+            self._on_revoked(revoked)
+        if assigned is None:
+            return records
+        self._on_assigned(assigned)
+        self._last_data = time.monotonic()
+        return {tp: recs for tp, recs in records.items() if tp not in assigned}
+
+    def _on_revoked(self, revoked) -> None:
+        # The partitions are already gone: work not committed yet is redone by their next
+        # owner (at least once; alert ids are deterministic, so duplicates are recognisable).
+        gone = {tp.partition for tp in revoked if tp.topic == self.cfg.events_topic}
+        for conn in [c for c, st in self.conns.items() if st.partition in gone]:
+            del self.conns[conn]
         for p in gone:
-            self.events.pop(p, None)
-            self.labels.pop(p, None)
+            self.event_q.pop(p, None)
+            self.label_q.pop(p, None)
             self.next_event_offset.pop(p, None)
             self.next_label_offset.pop(p, None)
+        # The engine keeps the remaining partitions' windows; the assignment that follows
+        # rebuilds every window into a fresh engine.
 
-    def _on_assigned(self, parts: list[Partition]) -> dict[Partition, int | None]:
-        """Position new partitions at the checkpoint's (else the group's) offsets and
-        rebuild every owned partition's window into a fresh engine."""
+    def _on_assigned(self, assigned) -> None:
+        from kafka.structs import TopicPartition
+
         cfg = self.cfg
-        ev_parts = sorted(p for t, p in parts if t == cfg.events_topic)
-        lab_parts = sorted(p for t, p in parts if t == cfg.labels_topic)
-        if ev_parts != lab_parts:
+        parts = sorted({tp.partition for tp in assigned if tp.topic == cfg.events_topic})
+        label_parts = sorted({tp.partition for tp in assigned if tp.topic == cfg.labels_topic})
+        if parts != label_parts:
             log.warning("events partitions %s and labels partitions %s differ: are the topics co-partitioned?",
-                        ev_parts, lab_parts)  # fmt: skip
+                        parts, label_parts)  # fmt: skip
         ckpt = self._load_checkpoint()
-        owned = set(ev_parts) | set(self.events)
-        self.ledger.drop_connections(np.setdiff1d(np.flatnonzero([i is not None for i in self.ledger.ids]),
-                                                  self.ledger.of_partitions(owned)))  # fmt: skip
-        for p in ev_parts:
-            self.events.setdefault(p, Buffer()).clear()
-        for p in lab_parts:
-            self.labels.setdefault(p, Buffer()).clear()
-        committed = self.source.committed(parts) if self.source is not None else {}
-        starts: dict[Partition, int | None] = {}
-        for topic, key, ps, nxt in ((cfg.events_topic, "events", ev_parts, self.next_event_offset),
-                                    (cfg.labels_topic, "labels", lab_parts, self.next_label_offset)):  # fmt: skip
+        if ckpt is not None:  # keep only the connections of partitions this member now owns
+            self.conns = {c: st for c, st in self.conns.items() if st.partition in parts}
+        for p in parts:
+            self.event_q.setdefault(p, deque())
+            self.label_q.setdefault(p, deque())
+        for p in label_parts:
+            self.label_q.setdefault(p, deque())
+        for topic, offsets, ps in ((cfg.events_topic, "events", parts), (cfg.labels_topic, "labels", label_parts)):
             for p in ps:
-                start = (ckpt or {}).get("offsets", {}).get(key, {}).get(p)
+                tp = TopicPartition(topic, p)
+                start = (ckpt or {}).get("offsets", {}).get(offsets, {}).get(p)
                 if start is None:
-                    start = committed.get((topic, p))
-                starts[(topic, p)] = start
-                if start is not None:
-                    nxt[p] = start
-                else:
-                    nxt.pop(p, None)
+                    start = self.consumer.committed(tp)
+                if start is None:
+                    self.consumer.seek_to_beginning(tp)
+                    continue
+                self.consumer.seek(tp, start)
+                (self.next_event_offset if offsets == "events" else self.next_label_offset)[p] = start
+        # Every partition's window is rebuilt into a fresh engine (cheap: one window of events).
         self.engine = self.engine_factory()
-        self.queued.clear()
-        self.n_queued = 0
-        for p in sorted(self.events):
+        for p in sorted(self.event_q):
             end = self.next_event_offset.get(p)
             if end:
                 self._rebuild(p, end)
-        self._last_data = time.monotonic()
-        return starts
 
     def _rebuild(self, partition: int, end_offset: int) -> None:
         """Re-read partition's events of the window before ``end_offset`` into the engine."""
+        from kafka.structs import TopicPartition
+
         cfg = self.cfg
-        client = f"{cfg.group_id}-rebuild"
-        if self.processed_secs >= 0:
-            from_secs = self.processed_secs - cfg.window_secs + 1
-        else:
-            last = last_timestamp(cfg.bootstrap, cfg.events_topic, partition, end_offset, client)
-            from_secs = (last // 1000 - cfg.base_epoch) - cfg.window_secs + 1 if last is not None else 0
-        from_ms = (cfg.base_epoch + from_secs) * 1000
-        n = 0
-        first = None
-        chunk: list[bytes] = []
-
-        def feed() -> int:
-            rows, _errors = decode_events(chunk)  # dead-lettered when first consumed
-            if rows:
-                self.engine.observe_rows(rows, min(r[1] for r in rows))
-            chunk.clear()
-            return len(rows)
-
-        for offset, value in read_partition(cfg.bootstrap, cfg.events_topic, partition, from_ms, end_offset, client):
-            first = offset if first is None else first
-            chunk.append(value)
-            if len(chunk) >= 10_000:
-                n += feed()
-        n += feed()
-        self.stats.rebuilt += n
-        if first is not None:
-            log.info("partition %d: rebuilt the window from %d events (offsets %d..%d)", partition, n, first,
+        tp = TopicPartition(cfg.events_topic, partition)
+        reader = make_consumer(cfg.bootstrap, group_id=None, client_id=f"{cfg.group_id}-rebuild")
+        try:
+            reader.assign([tp])
+            if self.processed_secs >= 0:
+                from_secs = self.processed_secs - cfg.window_secs + 1
+            else:
+                reader.seek(tp, end_offset - 1)
+                last = self._read_one(reader)
+                from_secs = (last.timestamp // 1000 - cfg.base_epoch) - cfg.window_secs + 1 if last else 0
+            found = reader.offsets_for_times({tp: max(0, (cfg.base_epoch + from_secs) * 1000)})
+            start = found[tp].offset if found.get(tp) is not None else end_offset
+            if start >= end_offset:
+                return
+            reader.seek(tp, start)
+            n = 0
+            pos = start
+            while pos < end_offset:
+                for recs in reader.poll(timeout_ms=1000).values():
+                    for r in recs:
+                        if r.offset >= end_offset:
+                            break
+                        pos = r.offset + 1
+                        try:
+                            ev = decode_event(r.value)
+                        except SchemaError:
+                            continue
+                        self.engine.observe(ev)
+                        n += 1
+            self.stats.rebuilt += n
+            log.info("partition %d: rebuilt the window from %d events (offsets %d..%d)", partition, n, start,
                      end_offset - 1)  # fmt: skip
+        finally:
+            reader.close()
+
+    @staticmethod
+    def _read_one(reader):
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            for recs in reader.poll(timeout_ms=500, max_records=1).values():
+                if recs:
+                    return recs[0]
+        return None
 
     # ------------------------------------------------------------------ input
-    def _enqueue(self, polled: dict[Partition, Records]) -> None:
+    def _enqueue(self, records) -> None:
         cfg = self.cfg
-        for (topic, p), recs in polled.items():
-            is_events = topic == cfg.events_topic
-            buffers = self.events if is_events else self.labels
-            buf = buffers.get(p)
-            if buf is None:  # not (or no longer) ours
-                continue
-            rows, errors = (decode_events if is_events else decode_labels)(recs.values)
-            offsets, stamps = recs.offsets, recs.timestamps
-            if errors:
-                bad = {i for i, _ in errors}
-                for i, reason in errors:
-                    self._dead_letter(topic, p, offsets[i], recs.keys[i], recs.values[i], reason)
-                offsets = [o for i, o in enumerate(offsets) if i not in bad]
-                stamps = [t for i, t in enumerate(stamps) if i not in bad]
-            if is_events:
-                times = [r[1] for r in rows]
-            else:  # a label's arrival in event time: the record timestamp the producer stamped
-                base = cfg.base_epoch
-                times = [t // 1000 - base for t in stamps]
-            buf.extend(offsets, times, rows, recs.offsets[-1] + 1)
-            if not len(buf) and offsets == [] and buf.seen is not None:
-                self._resume_at(is_events, p, buf.seen)
+        for tp, recs in records.items():
+            if tp.topic == cfg.events_topic:
+                q = self.event_q.setdefault(tp.partition, deque())
+                for r in recs:
+                    try:
+                        q.append((r.offset, decode_event(r.value)))
+                    except SchemaError as exc:
+                        self._dead_letter(tp, r, exc.reason)
+                        self._skip(self.next_event_offset, self.skipped_events, q, tp.partition, r.offset)
+            else:
+                q = self.label_q.setdefault(tp.partition, deque())
+                for r in recs:
+                    try:
+                        lab = decode_label(r.value)
+                    except SchemaError as exc:
+                        self._dead_letter(tp, r, exc.reason)
+                        self._skip(self.next_label_offset, self.skipped_labels, q, tp.partition, r.offset)
+                        continue
+                    # Arrival in event time: the record timestamp the producer stamped.
+                    q.append((r.offset, lab, r.timestamp // 1000 - cfg.base_epoch))
 
-    def _resume_at(self, is_events: bool, p: int, offset: int) -> None:
-        nxt = self.next_event_offset if is_events else self.next_label_offset
-        nxt[p] = max(nxt.get(p, 0), offset)
+    @staticmethod
+    def _skip(next_offset: dict[int, int], skipped: dict[int, int], q: deque, partition: int, offset: int) -> None:
+        """A dead-lettered record counts as processed once every record queued before it is."""
+        if q:
+            skipped[partition] = offset + 1
+        else:
+            next_offset[partition] = offset + 1
 
-    def _dead_letter(self, topic: str, p: int, offset: int, key: bytes | None, raw: bytes | None, reason: str) -> None:
-        self.stats.malformed += 1
-        value = dead_letter(source=f"{topic}[{p}]@{offset}", reason=reason, raw=raw)
-        self.producer.send(self.cfg.dlq_topic, key=key, value=value).add_errback(self.send_errors.append)
+    @staticmethod
+    def _drained(next_offset: dict[int, int], skipped: dict[int, int], partition: int) -> None:
+        if partition in skipped:
+            next_offset[partition] = max(next_offset.get(partition, 0), skipped.pop(partition))
 
-    def _late(self, partition: int, offset: int, row: tuple) -> None:
+    def _late(self, partition: int, offset: int, ev) -> None:
         self.stats.late += 1
-        ev = Event(*row)
         reason = (f"late event: secs {ev.secs} arrived after event time {self.processed_secs} was processed "
                   f"(beyond --allowed-lateness-secs {self.cfg.allowed_lateness_secs})")  # fmt: skip
         value = dead_letter(source=f"{self.cfg.events_topic}[{partition}]@{offset}", reason=reason, raw=ev.to_json())
         self.producer.send(self.cfg.dlq_topic, value=value).add_errback(self.send_errors.append)
 
+    def _dead_letter(self, tp, record, reason: str) -> None:
+        self.stats.malformed += 1
+        value = dead_letter(source=f"{tp.topic}[{tp.partition}]@{record.offset}", reason=reason, raw=record.value)
+        self.producer.send(self.cfg.dlq_topic, key=record.key, value=value).add_errback(self.send_errors.append)
+
     def _refresh_end_offsets(self, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self.end_offsets_at < 0.5:
             return
-        self.end_offsets = self.source.end_offsets()
+        tps = list(self.consumer.assignment())
+        if tps:
+            self.end_offsets = {(tp.topic, tp.partition): o for tp, o in self.consumer.end_offsets(tps).items()}
         self.end_offsets_at = now
 
-    def _caught_up_partitions(self, topic: str) -> set[int]:
-        self._refresh_end_offsets()
-        positions = self.source.positions()
-        out = set()
-        for (t, p), end in self.end_offsets.items():
-            pos = positions.get((t, p))
-            if t == topic and pos is not None and pos >= end:
-                out.add(p)
-        return out
+    def _partition_caught_up(self, topic: str, p: int) -> bool:
+        from kafka.structs import TopicPartition
+
+        end = self.end_offsets.get((topic, p))
+        if end is None:
+            return False
+        return self.consumer.position(TopicPartition(topic, p)) >= end
 
     def _caught_up(self) -> bool:
-        if not self.events:  # not assigned yet (a rejoin can wait for a dead member's session)
+        if not self.event_q:  # not assigned yet (a rejoin can wait for a dead member's session)
             return False
         self._refresh_end_offsets(force=True)
-        done = self._caught_up_partitions(self.cfg.events_topic)
-        return all(p in done and not len(buf) for p, buf in self.events.items())
+        return all(self._partition_caught_up(self.cfg.events_topic, p) and not self.event_q[p]
+                   for p in self.event_q)  # fmt: skip
 
-    def _known_through(self, topic: str, buffers: dict[int, Buffer]) -> int:
-        """The latest time up to which every partition of ``topic`` can hold no more records.
+    def _known_through(self, topic: str, q: deque, p: int, secs: int, key) -> bool:
+        """Whether partition ``p`` can hold no more records up to event time ``secs``.
 
-        A partition is known through the time before its last buffered record. When it is
-        caught up with the broker, a producer may still be writing to it (its partitions are
-        written a few milliseconds apart), so it is known through any time once the stream has
-        paused for ``idle_grace_secs``, else up to ``allowed_lateness_secs`` of event time
-        behind the other partitions.
+        True when it has a later record. When it is caught up with the broker, a producer may
+        still be writing to it (its partitions are written a few milliseconds apart), so it
+        also needs the stream to have paused for ``idle_grace_secs``, or the other partitions
+        to be more than ``allowed_lateness_secs`` of event time ahead.
         """
-        if not buffers:
-            return -1
-        through = {p: (buf.last_time() - 1 if len(buf) else -1) for p, buf in buffers.items()}
-        caught = self._caught_up_partitions(topic)
-        quiet = time.monotonic() - self._last_data >= self.cfg.idle_grace_secs
-        ahead = max((buf.last_time() for buf in buffers.values() if len(buf)), default=-1)
-        for p in caught:
-            if p in through:
-                through[p] = FOREVER if quiet else max(through[p], ahead - self.cfg.allowed_lateness_secs - 1)
-        return min(through.values())
+        if q and key(q[-1]) > secs:
+            return True
+        self._refresh_end_offsets()
+        if not self._partition_caught_up(topic, p):
+            return False
+        if time.monotonic() - self._last_data >= self.cfg.idle_grace_secs:
+            return True
+        queues = self.event_q if topic == self.cfg.events_topic else self.label_q
+        ahead = max((key(other[-1]) for other in queues.values() if other), default=-1)
+        return ahead > secs + self.cfg.allowed_lateness_secs
 
     # ------------------------------------------------------------------ processing
-    def _advance(self, final: bool) -> bool:
-        """Process every complete second. True when it stopped because no complete second is
-        left (it waits for data)."""
+    def _advance(self, final: bool, time_slice: float = 0.5) -> bool:
+        """Process every second that is complete; return after ``time_slice`` wall seconds
+        (between two seconds) so the loop can commit and report. True when it stopped
+        because no complete second is left (it waits for data)."""
         cfg = self.cfg
-        if not self.events:
-            return True
-        limit = FOREVER if final else self._known_through(cfg.events_topic, self.events)
-        step = cfg.learn_every_secs
-        if not final and self.next_boundary is not None and limit >= self.next_boundary:
-            # a second at or after a learning boundary needs the labels that arrived before it
-            labels_through = self._known_through(cfg.labels_topic, self.labels)
-            limit = min(limit, (labels_through + 1) // step * step + step - 1)
-        if cfg.max_events is not None:
-            limit = self._max_events_limit(limit)
-        taken = self._take_events(limit)
-        if taken is None:
-            return True
-        parts, offsets, secs, rows = taken
-        now = time.monotonic()
-        if self.stats.first_event_at is None:
-            self.stats.first_event_at = now
-        i, n = 0, len(secs)
-        while i < n:
-            s = int(secs[i])
+        deadline = time.monotonic() + time_slice
+        # Every partition holds a record later than `horizon`, so every second up to it is
+        # complete without asking the broker (queues only shrink from the front in here).
+        queues = list(self.event_q.values())
+        horizon = min(q[-1][1].secs for q in queues) - 1 if queues and all(queues) else -1
+        while not self.stop_requested or final:
+            if not final and time.monotonic() > deadline:
+                return False
+            heads = [q[0] for q in queues if q]
+            if not heads:
+                return True
+            s = min(item[1].secs for item in heads)
+            if not final and s > horizon:
+                for p, q in self.event_q.items():
+                    if not self._known_through(cfg.events_topic, q, p, s, self._event_secs):
+                        return True
             if self.next_boundary is None:
-                self.next_boundary = (s // step + 1) * step
+                self.next_boundary = (s // cfg.learn_every_secs + 1) * cfg.learn_every_secs
                 self.next_sweep = s + self.idle_drop_secs // 4
             if s >= self.next_boundary:
-                boundary = s // step * step
+                boundary = (s // cfg.learn_every_secs) * cfg.learn_every_secs
+                if not final and not self._labels_known_before(boundary):
+                    return True
                 self._learn_until(boundary)
-                self.next_boundary = boundary + step
+                self.next_boundary = boundary + cfg.learn_every_secs
                 if s >= self.next_sweep:
                     self._drop_idle(s)
                     self.next_sweep = s + self.idle_drop_secs // 4
-            j = int(np.searchsorted(secs, self.next_boundary, side="left"))
-            self._ingest(parts[i:j], secs[i:j], rows[i:j])
-            if self.n_queued + self.n_scored >= cfg.batch_size:
+            self._process_second(s)
+            if len(self.queued) + self.n_scored >= cfg.batch_size:
                 self._flush_scores()
-            i = j
-        self.stats.last_event_at = time.monotonic()
+            if cfg.max_events is not None and self.stats.events >= cfg.max_events:
+                return False
         return False
 
-    def _max_events_limit(self, limit: int) -> int:
-        """Lower ``limit`` so that processing stops at the second that reaches --max-events."""
-        left = self.cfg.max_events - self.stats.events
-        times = sorted(t for buf in self.events.values() for t in buf.times[buf.head : buf.head + buf.count_through(limit)])
-        return min(limit, times[left - 1]) if 0 < left <= len(times) else limit
+    @staticmethod
+    def _event_secs(item) -> int:
+        return item[1].secs
 
-    def _take_events(self, limit: int) -> tuple[np.ndarray, list[int], np.ndarray, list[tuple]] | None:
-        """Take every buffered event with ``secs <= limit``, merged in ``secs`` order (stable:
-        partition order within a second); dead-letter late ones."""
-        parts, offsets, secs, rows = [], [], [], []
-        for p in sorted(self.events):
-            buf = self.events[p]
-            n = buf.count_through(limit)
-            if not n:
-                continue
-            o, t, r = buf.take(n)
-            self.next_event_offset[p] = buf.next_offset(o)
-            parts.extend([p] * n)
-            offsets.extend(o)
-            secs.extend(t)
-            rows.extend(r)
-        if not secs:
-            return None
-        secs_arr = np.array(secs, dtype=np.int64)
-        late = secs_arr <= self.processed_secs
-        if late.any():  # their second is closed: featuretools' answer has changed
-            for i in np.flatnonzero(late).tolist():
-                self._late(parts[i], offsets[i], rows[i])
-            keep = ~late
-            parts = [p for p, k in zip(parts, keep, strict=True) if k]
-            offsets = [o for o, k in zip(offsets, keep, strict=True) if k]
-            rows = [r for r, k in zip(rows, keep, strict=True) if k]
-            secs_arr = secs_arr[keep]
-            if not len(secs_arr):
-                return None
-        order = np.argsort(secs_arr, kind="stable")
-        if (order[1:] < order[:-1]).any():
-            rows = [rows[i] for i in order.tolist()]
-            parts = [parts[i] for i in order.tolist()]
-            offsets = [offsets[i] for i in order.tolist()]
-            secs_arr = secs_arr[order]
-        return np.array(parts, dtype=np.int64), offsets, secs_arr, rows
+    @staticmethod
+    def _label_arrival(item) -> int:
+        return item[2]
 
-    def _ingest(self, parts: np.ndarray, secs: np.ndarray, rows: list[tuple]) -> None:
-        """Feed whole seconds of events to the engine and the ledger; queue their cutoffs."""
+    def _labels_known_before(self, boundary: int) -> bool:
+        for p, q in self.label_q.items():
+            if not self._known_through(self.cfg.labels_topic, q, p, boundary - 1, self._label_arrival):
+                return False
+        return True
+
+    def _process_second(self, s: int) -> None:
+        """Feed the events of second ``s`` to the engine; queue the cutoffs it closes."""
+        cfg = self.cfg
+        touched: dict[str, ConnState] = {}
+        last_log: dict[str, int] = {}
         t0 = time.perf_counter()
-        ledger = self.ledger
-        slots = ledger.slots(self._connection_ids(rows), parts.tolist())
-        cuts = ledger.add_events(slots, secs, np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)))
-        self.engine.observe_rows(rows, int(secs[0]))
-        self.stats.events += len(rows)
-        if len(cuts):
-            self.queued.append(cuts)
-            self.n_queued += len(cuts)
-        self.processed_secs = int(secs[-1])
+        for p, q in self.event_q.items():
+            offset = None
+            while q and q[0][1].secs <= s:
+                offset, ev = q.popleft()
+                if ev.secs <= self.processed_secs:  # its second is closed: featuretools' answer has changed
+                    self._late(p, offset, ev)
+                    continue
+                conn = self._connection_id(ev)
+                st = self.conns.get(conn)
+                if st is None:
+                    st = self.conns[conn] = ConnState(partition=p)
+                st.recent.append((ev.log_id, ev.secs))
+                st.n_seen += 1
+                st.last_secs = ev.secs
+                touched[conn] = st
+                last_log[conn] = max(last_log.get(conn, -1), ev.log_id)
+                self.engine.observe(ev)
+                self.stats.events += 1
+            if offset is not None:
+                self.next_event_offset[p] = offset + 1
+            if not q:
+                self._drained(self.next_event_offset, self.skipped_events, p)
+        now = time.monotonic()
+        if self.stats.first_event_at is None:
+            self.stats.first_event_at = now
+        self.stats.last_event_at = now
+        for c in sorted(touched):
+            st = touched[c]
+            k = st.n_seen - 1
+            if k >= cfg.label_spec.min_events:
+                pend = Pending(k, s)
+                st.pending.append(pend)
+                self.queued.append((c, s, k, last_log[c], pend, self.snapshot))
         self.stats.feature_secs += time.perf_counter() - t0
+        self.processed_secs = s
 
     def _compute_features(self) -> None:
-        """Features of the queued cutoffs (one engine call), the queued learning steps, and
-        the cutoffs' online scores.
+        """Features of the queued cutoffs (one engine call) and their online scores.
 
         Features depend on events only, so they are computed in large batches: when the
-        batch is full, when no complete second is left, and at commit points. The queue is
-        then replayed in order: each learning step updates the online model, and each block
-        of cutoffs is scored with the model as it stood when they were queued, so batching
-        changes no score.
+        batch is full, when no complete second is left, at commit points, and when learning
+        needs a cutoff's inputs. Each cutoff's online score uses the model of its own
+        learning step (the snapshot queued with it), so batching changes no score.
         """
         if not self.queued:
             return
         t0 = time.perf_counter()
-        blocks = [item for item in self.queued if isinstance(item, Cutoffs)]
-        if blocks:
-            cuts = _concat_cutoffs(blocks)
-            features = self.engine.features_at(list(zip(cuts.conn, cuts.secs.tolist(), strict=True)))
-            features = features.reset_index(drop=True)
-            self.engine.advance(self.processed_secs)
-            xs = features.reindex(columns=self.online_cols).to_numpy(dtype="float64", na_value=np.nan)
-            self.ledger.set_inputs(cuts.seq, xs)
+        features = self.engine.features_at([(c, s) for c, s, *_ in self.queued])
+        features = features.reset_index(drop=True)
+        self.engine.advance(self.processed_secs)
         t1 = time.perf_counter()
-        scores = np.full(self.n_queued, np.nan)
-        weights = np.zeros(self.n_queued)
+        xs = features.reindex(columns=self.online_cols).to_numpy(dtype="float64", na_value=np.nan)
+        scores = np.full(len(self.queued), np.nan)
+        weights = np.zeros(len(self.queued))
         start = 0
-        for item in self.queued:
-            if isinstance(item, LearnTask):
-                if item.missing.any():
-                    item.x[item.missing] = xs[np.searchsorted(cuts.seq, item.seq[item.missing])]
-                self._learn(item)
+        for end in range(1, len(self.queued) + 1):  # runs of cutoffs with the same model
+            snap = self.queued[start][5]
+            if end < len(self.queued) and self.queued[end][5] is snap:
                 continue
-            end = start + len(item)
-            snap = self.snapshot
             if snap is not None:
                 scores[start:end] = snap.predict(xs[start:end])
                 weights[start:end] = self.cfg.online_weight * min(
                     1.0, snap.n_positive / max(1, self.cfg.online_warmup_positives))
             start = end
-        if blocks:
-            self.scored.append(Scored(cuts, features, scores, weights))
-            self.n_scored += len(cuts)
-        self.queued = []
-        self.n_queued = 0
+        for i, (*_, pend, _) in enumerate(self.queued):
+            pend.x = xs[i]
+        self.scored.append(([row[:4] for row in self.queued], features, scores, weights))
+        self.n_scored += len(self.queued)
+        self.queued.clear()
         self.stats.feature_secs += t1 - t0
         self.stats.model_secs += time.perf_counter() - t1
-
-    def _learn(self, task: LearnTask) -> None:
-        self.online.learn_values(task.x, task.y)
-        self.snapshot = self.online.snapshot()
 
     def _flush_scores(self) -> None:
         """Score everything computed with the batch model; publish the alerts, in order."""
@@ -625,44 +633,41 @@ class StreamDetector:
         if not self.scored:
             return
         t0 = time.perf_counter()
-        cfg = self.cfg
-        features = pd.concat([s.features for s in self.scored], ignore_index=True)
-        cuts = _concat_cutoffs([s.cutoffs for s in self.scored])
-        online = np.concatenate([s.online for s in self.scored])
-        weight = np.concatenate([s.weight for s in self.scored])
-        batch = np.asarray(self.batch.predict(features), dtype="float64")
-        has_online = ~np.isnan(online)
-        score = np.where(has_online, (1 - weight) * batch + weight * np.where(has_online, online, 0.0), batch)
+        features = pd.concat([f for _, f, _, _ in self.scored], ignore_index=True)
+        batch_scores = self.batch.predict(features)
         self.stats.model_secs += time.perf_counter() - t0
         now = time.time()
-        alerted = score >= cfg.threshold
-        look = alerted.copy()
-        if self._recorder is not None:
-            look |= (self.stats.cutoffs + np.arange(len(score))) % cfg.record_every == 0
-        for i in np.flatnonzero(look).tolist():
-            if self._recorder is not None:
-                self._record(cuts.conn[i], int(cuts.secs[i]), features.iloc[i], float(score[i]))
-            if alerted[i]:
-                o = float(online[i]) if has_online[i] else None
-                self._alert(cuts, i, features, float(batch[i]), o, float(weight[i]), float(score[i]), now)
-        self.stats.cutoffs += len(score)
+        i = 0
+        for rows, _, online_scores, weights in self.scored:
+            for j, (conn, secs, _, log_id) in enumerate(rows):
+                b = batch_scores[i]
+                o = None if np.isnan(online_scores[j]) else float(online_scores[j])
+                weight = float(weights[j])  # 0 where there is no online score
+                score = b if o is None else (1 - weight) * b + weight * o
+                self._decide(conn, secs, log_id, features, i, b, o, weight, score, now)
+                i += 1
+        self.stats.cutoffs += i
         self.scored.clear()
         self.n_scored = 0
 
-    def _alert(self, cuts: Cutoffs, i: int, features: pd.DataFrame, batch_score: float, online_score: float | None,
-               weight: float, score: float, now: float) -> None:  # fmt: skip
+    def _decide(self, conn: str, secs: int, log_id: int, features: pd.DataFrame, i: int, batch_score: float,
+                online_score: float | None, weight: float, score: float, now: float) -> None:
         cfg = self.cfg
-        conn, secs = cuts.conn[i], int(cuts.secs[i])
-        slot = self.ledger.index.get(conn)
-        if slot is not None:
-            last = int(self.ledger.c_last_alert[slot])
-            if last != np.iinfo(np.int64).min and secs - last < cfg.cooldown_secs:
-                self.stats.suppressed += 1
-                return
-            self.ledger.c_last_alert[slot] = secs
+        alerted = score >= cfg.threshold
+        if self._recorder is not None and (alerted or (self.stats.cutoffs + i) % cfg.record_every == 0):
+            self._record(conn, secs, features.iloc[i], score)
+        if not alerted:
+            return
+        st = self.conns.get(conn)
+        last = st.last_alert_secs if st is not None else None
+        if last is not None and secs - last < cfg.cooldown_secs:
+            self.stats.suppressed += 1
+            return
+        if st is not None:
+            st.last_alert_secs = secs
         row = features.iloc[i].to_dict()
         alert = build_alert(
-            connection=conn, kind=cfg.kind, cutoff_secs=secs, log_id=int(cuts.log_id[i]), batch_score=batch_score,
+            connection=conn, kind=cfg.kind, cutoff_secs=secs, log_id=log_id, batch_score=batch_score,
             online_score=online_score, online_weight=weight, score=score, threshold=cfg.threshold,
             model_version=self.batch.version, events_in_window=_count(row.get(WINDOW_COUNT_FEATURE)),
             top_features=self.explainer.explain(row), detected_at=now,
@@ -678,52 +683,65 @@ class StreamDetector:
 
     def _learn_until(self, boundary: int) -> None:
         """Apply labels that arrived before ``boundary``; learn from the cutoffs they resolve."""
-        log_ids: list[int] = []
-        malicious: list[bool] = []
-        arrivals: list[int] = []
-        for p, buf in self.labels.items():
-            n = buf.count_through(boundary - 1)
-            if not n:
+        spec = self.cfg.label_spec
+        dirty: set[str] = set()
+        for p, q in self.label_q.items():
+            while q and q[0][2] < boundary:
+                offset, lab, arrival = q.popleft()
+                self.next_label_offset[p] = offset + 1
+                st = self.conns.get(lab.connection)
+                if st is None:
+                    st = self.conns[lab.connection] = ConnState(partition=p)
+                st.labels[lab.log_id] = (lab.malicious, lab.secs, arrival)
+                dirty.add(lab.connection)
+                self.stats.labels += 1
+            if not q:
+                self._drained(self.next_label_offset, self.skipped_labels, p)
+        xs, ys, order = [], [], []
+        for conn in sorted(dirty):
+            st = self.conns[conn]
+            if not st.pending:
                 continue
-            offsets, times, rows = buf.take(n)
-            self.next_label_offset[p] = buf.next_offset(offsets)
-            log_ids.extend(r[1] for r in rows)
-            malicious.extend(r[3] == LABEL_MALICIOUS for r in rows)
-            arrivals.extend(times)
-        if not log_ids:
-            return
-        t0 = time.perf_counter()
-        self.stats.labels += len(log_ids)
-        ledger = self.ledger
-        pos, y = ledger.resolve(ledger.apply_labels(log_ids, malicious, arrivals))
-        if len(pos):
-            if self.learn_log is not None:
-                conns = [ledger.ids[s] for s in ledger.p_conn[pos].tolist()]
-                for conn, secs, label, used in zip(conns, ledger.p_secs[pos].tolist(), y.tolist(),
-                                                   ledger.label_arrivals(pos), strict=True):  # fmt: skip
-                    self.learn_log.append((boundary, conn, secs, label, used))
-            task = LearnTask(seq=ledger.p_seq[pos].copy(), y=y, x=ledger.p_x[pos].copy(),
-                             missing=~ledger.p_has_x[pos])  # fmt: skip
-            ledger.take(pos)
-            self.stats.learned += len(pos)
-            self.stats.learned_positive += int(y.sum())
-            if self.queued:  # learnt once the cutoffs queued before it have features
-                self.queued.append(task)
-            else:
-                self._learn(task)
-        self.stats.model_secs += time.perf_counter() - t0
+            while st.pending:
+                pend = st.pending[0]
+                start = pend.k - st.base + spec.lead
+                y = resolve_window(st.window_labels(start, start + spec.window), spec)
+                if y is None:
+                    break
+                if pend.x is None:  # learning needs the inputs of cutoffs still queued
+                    self._compute_features()
+                st.pending.popleft()
+                order.append((pend.secs, conn))
+                if self.learn_log is not None:
+                    used = [st.labels[lid][2] for lid, _ in islice(st.recent, start, start + spec.window)
+                            if lid in st.labels]  # fmt: skip
+                    self.learn_log.append((boundary, conn, pend.secs, y, used))
+                xs.append(pend.x)
+                ys.append(y)
+            st.prune(spec)
+        if xs:
+            idx = sorted(range(len(xs)), key=lambda i: order[i])
+            frame = pd.DataFrame(np.vstack([xs[i] for i in idx]), columns=self.online_cols)
+            self.online.learn(frame, [ys[i] for i in idx])
+            self.snapshot = self.online.snapshot()
+            self.stats.learned += len(xs)
+            self.stats.learned_positive += sum(ys)
 
     def _drop_idle(self, now_secs: int) -> None:
         horizon = now_secs - self.idle_drop_secs
-        idle = self.ledger.idle(horizon)
-        self.ledger.drop_connections(idle)  # the engine drops its own idle windows in advance()
-        if len(idle):
+        idle = [c for c, st in self.conns.items() if st.last_secs < horizon and st.last_secs >= 0]
+        for conn in idle:  # the engine drops its own idle windows in advance()
+            del self.conns[conn]
+        if idle:
             log.debug("dropped %d idle connections", len(idle))
-        self.ledger.compact(orphan_horizon=horizon)
+        for st in self.conns.values():
+            st.prune(self.cfg.label_spec)
 
     # ------------------------------------------------------------------ commit / checkpoint
     def _commit(self) -> None:
-        if self.source is None or not self.events:
+        from kafka.structs import OffsetAndMetadata, TopicPartition
+
+        if self.consumer is None or not self.event_q:
             return
         self._flush_scores()
         self.producer.flush()
@@ -736,8 +754,9 @@ class StreamDetector:
         commit = {}
         for topic, key in ((self.cfg.events_topic, "events"), (self.cfg.labels_topic, "labels")):
             for p, off in offsets[key].items():
-                commit[(topic, p)] = off
-        self.source.commit(commit)
+                commit[TopicPartition(topic, p)] = OffsetAndMetadata(off, "", -1)
+        if commit:
+            self.consumer.commit(commit)
 
     def _checkpoint_state(self, offsets: dict) -> dict:
         return {
@@ -750,7 +769,7 @@ class StreamDetector:
             "next_boundary": self.next_boundary,
             "next_sweep": self.next_sweep,
             "online": self.online.to_bytes(),
-            "ledger": self.ledger,
+            "conns": self.conns,
         }
 
     def _save_checkpoint(self, offsets: dict) -> None:
@@ -779,17 +798,17 @@ class StreamDetector:
         else:
             self.online = OnlineModel.from_bytes(ckpt["online"])
             self.snapshot = self.online.snapshot()
-        self.ledger = ckpt["ledger"]
+        self.conns = ckpt["conns"]
         self.processed_secs = ckpt["processed_secs"]
         self.next_boundary = ckpt["next_boundary"]
         self.next_sweep = ckpt["next_sweep"]
         log.info("restored checkpoint %s: %d connections, online model learnt %d cutoffs, event time %d",
-                 path, len(self.ledger), self.online.n_learned, self.processed_secs)  # fmt: skip
+                 path, len(self.conns), self.online.n_learned, self.processed_secs)  # fmt: skip
         return ckpt
 
     # ------------------------------------------------------------------ reporting
     def lag(self) -> int:
-        if self.source is None:
+        if self.consumer is None:
             return 0
         self._refresh_end_offsets()
         total = 0
@@ -836,16 +855,6 @@ class StreamDetector:
 
 #: the DFS feature that counts a connection's events in the window (always generated by DFS).
 WINDOW_COUNT_FEATURE = "COUNT(log)"
-
-
-def _concat_cutoffs(blocks: list[Cutoffs]) -> Cutoffs:
-    if len(blocks) == 1:
-        return blocks[0]
-    return Cutoffs(
-        seq=np.concatenate([b.seq for b in blocks]), conn=[c for b in blocks for c in b.conn],
-        slot=np.concatenate([b.slot for b in blocks]), secs=np.concatenate([b.secs for b in blocks]),
-        k=np.concatenate([b.k for b in blocks]), log_id=np.concatenate([b.log_id for b in blocks]),
-    )  # fmt: skip
 
 
 def _count(value: Any) -> int:

@@ -175,10 +175,6 @@ class FeatureEngine(Protocol):
     def observe(self, event: Event) -> None:
         """Take one event (event-time order per connection)."""
 
-    def observe_rows(self, rows: Sequence[tuple], min_secs: int) -> None:
-        """Take many events as tuples in ``EVENT_FIELDS`` order; ``min_secs`` is their
-        smallest ``secs`` (the caller knows it; checked against the late-event rule)."""
-
     def observe_frame(self, events: pd.DataFrame) -> None:
         """Take many events at once: schema columns plus ``log_id``, sorted by ``secs``."""
 

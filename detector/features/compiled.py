@@ -32,7 +32,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from itertools import repeat
-from operator import attrgetter, itemgetter
+from operator import attrgetter
 
 import featuretools as ft
 import numpy as np
@@ -40,7 +40,7 @@ import pandas as pd
 
 from cyberstream.config import DEFAULT_BASE_EPOCH
 from cyberstream.connections import DEFAULT_CONNECTION, SEPARATOR, connection_fields
-from cyberstream.schema import ATTRIBUTE_FIELDS, EVENT_FIELDS, IDENTITY_FIELDS, Event
+from cyberstream.schema import ATTRIBUTE_FIELDS, IDENTITY_FIELDS, Event
 from training.entityset import PAIR_INDEX, target_index
 
 from . import kernels as k
@@ -58,11 +58,9 @@ from .plan import TARGET_COLUMN, TARGET_LOG, TARGET_PAIRS, PairValue, Spec, comp
 log = logging.getLogger(__name__)
 
 _A = len(ATTRIBUTE_FIELDS)
-# events are held as rows: tuples in EVENT_FIELDS order
-_ROW = attrgetter(*EVENT_FIELDS)
-_IDENT = itemgetter(*(EVENT_FIELDS.index(f) for f in IDENTITY_FIELDS))
-_ATTRS = itemgetter(*(EVENT_FIELDS.index(f) for f in ATTRIBUTE_FIELDS))
-_SECS = itemgetter(EVENT_FIELDS.index("secs"))
+_IDENT = attrgetter(*IDENTITY_FIELDS)
+_ATTRS = attrgetter(*ATTRIBUTE_FIELDS)
+_SECS = attrgetter("secs")
 _EMPTY = np.empty(0, dtype=np.int64)
 _MAX_WINDOW = 1 << 30
 #: initial sizes of the slot arrays, lane pools and list pool (all grow by doubling; tests
@@ -290,7 +288,7 @@ class CompiledEngine(EngineSettings):
         self._meta = np.zeros(k.META_SIZE, dtype=np.int64)
         self._meta[k.LIVE] = k.NEVER
         # -- observed events not yet applied (sorted by secs)
-        self._raw: list[tuple] = []  # events not yet in the arrays, as rows (EVENT_FIELDS order)
+        self._raw: list[Event] = []
         self._pd_pair = _EMPTY
         self._pd_conn = _EMPTY
         self._pd_secs = _EMPTY
@@ -386,18 +384,9 @@ class CompiledEngine(EngineSettings):
     def observe(self, event: Event) -> None:
         if self._live is not None and event.secs <= self._live:
             raise ValueError(f"late event: secs={event.secs} is not after {self._live}, where features were computed")
-        self._raw.append(_ROW(event))
+        self._raw.append(event)
         if self.fallback is not None:
             self.fallback.observe(event)
-
-    def observe_rows(self, rows: Sequence[tuple], min_secs: int) -> None:
-        if not rows:
-            return
-        if self._live is not None and min_secs <= self._live:
-            raise ValueError(f"late event: secs={min_secs} is not after {self._live}, where features were computed")
-        self._raw.extend(rows)
-        if self.fallback is not None:
-            self.fallback.observe_rows(rows, min_secs)
 
     def observe_frame(self, events: pd.DataFrame) -> None:
         if events.empty:

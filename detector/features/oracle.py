@@ -79,10 +79,6 @@ class OracleEngine(EngineSettings):
         self._events.setdefault(connection_id(event, self.kind), deque()).append(row)
         self._observed += 1
 
-    def observe_rows(self, rows: Sequence[tuple], min_secs: int) -> None:
-        for row in rows:
-            self.observe(Event(*row))
-
     def observe_frame(self, events: pd.DataFrame) -> None:
         if events.empty:
             return
