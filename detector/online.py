@@ -32,6 +32,10 @@ def _squash(values: np.ndarray) -> np.ndarray:
     return values
 
 
+def _standardise(squashed: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    return np.clip((squashed - mean) / std, -10.0, 10.0)
+
+
 @dataclass(frozen=True)
 class OnlineSnapshot:
     """The online model frozen at one learning step: what scoring a cutoff of that step needs.
@@ -50,7 +54,7 @@ class OnlineSnapshot:
 
     def predict(self, values: np.ndarray) -> np.ndarray:
         """P(malicious) per row of raw numeric feature values (columns in the model's order)."""
-        z = np.clip((_squash(np.array(values, dtype="float64")) - self.mean) / self.std, -10.0, 10.0)
+        z = _standardise(_squash(np.array(values, dtype="float64")), self.mean, self.std)
         return np.asarray(self.mean_func(z @ self.weights + self.intercept), dtype="float64")
 
 
@@ -78,13 +82,17 @@ class OnlineModel:
         std[std == 0] = 1.0
         return std
 
-    def _inputs(self, features: pd.DataFrame, learn: bool = False) -> pd.DataFrame:
-        x = features.reindex(columns=self.feature_names)
-        values = _squash(x.to_numpy(dtype="float64", na_value=np.nan))
+    def _scaled(self, values: np.ndarray, learn: bool = False) -> np.ndarray:
+        """River's inputs from raw values; learning updates the scaling first."""
+        x = _squash(np.array(values, dtype="float64"))
         if learn:
-            self._update_scale(values)
-        z = np.clip((values - self._mean) / self._std(), -10.0, 10.0)
-        return pd.DataFrame(z, columns=x.columns, index=x.index)
+            self._update_scale(x)
+        return _standardise(x, self._mean, self._std())
+
+    def _inputs(self, features: pd.DataFrame) -> pd.DataFrame:
+        x = features.reindex(columns=self.feature_names)
+        return pd.DataFrame(self._scaled(x.to_numpy(dtype="float64", na_value=np.nan)), columns=x.columns,
+                            index=x.index)  # fmt: skip
 
     def snapshot(self) -> OnlineSnapshot | None:
         """The model as it stands (None while it has learnt nothing)."""
@@ -114,10 +122,18 @@ class OnlineModel:
         """Learn from resolved cutoffs (features as scored, labels from the label topic)."""
         if features.empty:
             return
-        y = pd.Series([bool(v) for v in labels], index=features.index)
-        self.model.learn_many(self._inputs(features, learn=True), y)
+        x = features.reindex(columns=self.feature_names).to_numpy(dtype="float64", na_value=np.nan)
+        self.learn_values(x, np.asarray(labels, dtype=bool))
+
+    def learn_values(self, values: np.ndarray, labels: np.ndarray) -> None:
+        """:meth:`learn` given the raw numeric features as an array (columns in the model's
+        order): no DataFrame round trip for the detector, which holds arrays."""
+        if not len(values):
+            return
+        y = pd.Series(labels.astype(bool))
+        self.model.learn_many(pd.DataFrame(self._scaled(values, learn=True), columns=self.feature_names), y)
         self.n_learned += len(y)
-        self.n_positive += int(y.sum())
+        self.n_positive += int(labels.sum())
 
     def weights(self) -> dict[str, float]:
         """The linear weights per feature (on the scaled inputs)."""

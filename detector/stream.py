@@ -721,8 +721,7 @@ class StreamDetector:
             st.prune(spec)
         if xs:
             idx = sorted(range(len(xs)), key=lambda i: order[i])
-            frame = pd.DataFrame(np.vstack([xs[i] for i in idx]), columns=self.online_cols)
-            self.online.learn(frame, [ys[i] for i in idx])
+            self.online.learn_values(np.vstack([xs[i] for i in idx]), np.array([ys[i] for i in idx], dtype=bool))
             self.snapshot = self.online.snapshot()
             self.stats.learned += len(xs)
             self.stats.learned_positive += sum(ys)

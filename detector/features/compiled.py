@@ -68,8 +68,6 @@ _MAX_WINDOW = 1 << 30
 INITIAL_SLOTS = 1024
 INITIAL_POOL = 1 << 16
 _SECS_KIND = {"sum": k.S_SUM, "mean": k.S_MEAN, "min": k.S_MIN, "max": k.S_MAX, "std": k.S_STD, "skew": k.S_SKEW}
-_PAIRS_AGG = {"sum": k.AGG_SUM, "mean": k.AGG_MEAN, "min": k.AGG_MIN, "max": k.AGG_MAX, "std": k.AGG_STD,
-              "skew": k.AGG_SKEW}  # fmt: skip
 
 
 class Vocab:
@@ -184,10 +182,13 @@ class _Slots:
         self.capacity = capacity
         self._packed = packed
         self._specs = specs
-        self.rec = np.tile(np.array(list(packed.values()), dtype=np.int64), (capacity, 1))
+        self.rec = self._blank_records(capacity)
         self._views()
         for name, spec in specs.items():
             setattr(self, name, np.full((capacity, *spec[2:]), spec[1], dtype=spec[0]))
+
+    def _blank_records(self, rows: int) -> np.ndarray:
+        return np.tile(np.array(list(self._packed.values()), dtype=np.int64), (rows, 1))
 
     def _views(self) -> None:
         for i, name in enumerate(self._packed):
@@ -197,7 +198,7 @@ class _Slots:
         if size > self.capacity:
             old = self.capacity
             self.capacity = max(size, 2 * self.capacity)
-            rec = np.tile(np.array(list(self._packed.values()), dtype=np.int64), (self.capacity, 1))
+            rec = self._blank_records(self.capacity)
             rec[:old] = self.rec
             self.rec = rec
             self._views()
@@ -318,10 +319,12 @@ class CompiledEngine(EngineSettings):
                 streams.append(pv)
             return streams.index(pv)
 
+        self._col_specs: list[Spec] = []  # the connection's own columns (no kernel op)
         num, cat = [], []  # (spec, op, a, b) / (spec, op, a)
         for s in specs:
             prim, src, pv = s.primitive, s.source, s.pair_value
-            if s.level == TARGET_COLUMN:
+            if s.level == TARGET_COLUMN:  # read off the connection's slot in features_at
+                self._col_specs.append(s)
                 continue
             if s.level == TARGET_LOG:
                 if src.kind == "rows":
@@ -352,7 +355,7 @@ class CompiledEngine(EngineSettings):
                 else:
                     num.append((s, k.PAIRS_CAT_NUNIQUE, j, 0))
             else:
-                num.append((s, k.PAIRS_AGG, stream(pv, cat=False), _PAIRS_AGG[prim]))
+                num.append((s, k.PAIRS_AGG, stream(pv, cat=False), _SECS_KIND[prim]))
         s_kind, s_arg = [], []
         for pv in num_streams:
             if pv.primitive == "count":
@@ -368,7 +371,7 @@ class CompiledEngine(EngineSettings):
         self._cs_attr = np.array([attr[pv.source.column] for pv in cat_streams], dtype=np.int64)
         self._s_mom = np.zeros(max(len(num_streams), 1), dtype=np.bool_)  # streams aggregated by STD/SKEW
         for _, op, a, b in num:
-            if op == k.PAIRS_AGG and b in (k.AGG_STD, k.AGG_SKEW):
+            if op == k.PAIRS_AGG and b in (k.S_STD, k.S_SKEW):
                 self._s_mom[a] = True
         self._scratch = self._new_scratch(1024, 64)
         self._num = [s for s, *_ in num]
@@ -473,11 +476,7 @@ class CompiledEngine(EngineSettings):
         self.P.ensure(len(self._pair_key))
         pos = self._conn_pos
         conn_ids = [SEPARATOR.join([key[i] for i in pos]) for key in new_keys]
-        conn_index = self._conn_index
-        conns = [conn_index.get(c) for c in conn_ids]
-        for i, c in enumerate(conns):
-            if c is None:
-                conns[i] = self._conn_slot(conn_ids[i], new_keys[i])
+        conns = [self._conn_slot(c, key) for c, key in zip(conn_ids, new_keys, strict=True)]
         slot_arr = np.array(new_slots, dtype=np.int64)
         conn_arr = np.array(conns, dtype=np.int64)
         self.P.conn[slot_arr] = conn_arr
@@ -486,8 +485,7 @@ class CompiledEngine(EngineSettings):
             value = self._column_value[col]
             codes[:, j] = self.vocab[col].codes([value(key, cid) for key, cid in zip(new_keys, conn_ids, strict=True)])
         self._link(slot_arr, conn_arr, codes)
-        created = dict(zip(new_keys, new_slots, strict=True))
-        return np.array([created[key] if slot is None else slot for key, slot in zip(keys, slots, strict=True)],
+        return np.array([index[key] if slot is None else slot for key, slot in zip(keys, slots, strict=True)],
                         dtype=np.int64)  # fmt: skip
 
     def _new_lists(self, size: int) -> tuple[np.ndarray, ...]:
@@ -664,10 +662,9 @@ class CompiledEngine(EngineSettings):
         cats: dict[str, list[tuple[str, np.ndarray]]] = {}
         for g, spec in enumerate(self._cat):
             cats.setdefault(spec.vocab, []).append((spec.name, out_cat[:, g]))
-        for spec in self.plan.specs:
-            if spec.level == TARGET_COLUMN:
-                codes = np.where(out_n > 0, getattr(self.C, "col_" + spec.column)[np.maximum(q_conn, 0)], -1)
-                cats.setdefault(spec.vocab, []).append((spec.name, codes))
+        for spec in self._col_specs:
+            codes = np.where(out_n > 0, getattr(self.C, "col_" + spec.column)[np.maximum(q_conn, 0)], -1)
+            cats.setdefault(spec.vocab, []).append((spec.name, codes))
         for vocab, cols in cats.items():
             for (name, _), col in zip(cols, self.vocab[vocab].categoricals([c for _, c in cols]), strict=True):
                 columns[name] = col
@@ -716,7 +713,7 @@ class CompiledEngine(EngineSettings):
         if not dead or (not force and dead < max(INITIAL_POOL, S.capacity // 2)):
             return
         live = int(meta[k.SIZE] - meta[k.EVICT])
-        for name in ("secs", "pair", "conn", "dead", "codes"):
+        for name in S._specs:
             arr = getattr(S, name)
             arr[:live] = arr[dead : dead + live]
         meta[k.BASE] = meta[k.EVICT]

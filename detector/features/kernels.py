@@ -41,10 +41,9 @@ FULL_PAIR_LANES, FULL_CONN_LANES = 1, 2
 S_COUNT, S_SUM, S_MEAN, S_MIN, S_MAX, S_STD, S_SKEW, S_NUNIQUE_ATTR, S_ONE = range(9)
 
 # numeric output ops (num_op)
-# (LOG_SECS: an aggregation of the connection's own rows or secs, ``num_a`` = its S_* kind)
+# (LOG_SECS: an aggregation of the connection's own rows or secs, ``num_a`` = its S_* kind;
+#  PAIRS_AGG: an aggregation over pairs of stream ``num_a``, ``num_b`` = its S_* kind)
 LOG_SECS, LOG_NUNIQUE_ATTR, COL_NUNIQUE, PAIRS_COUNT, PAIRS_AGG, PAIRS_CAT_NUNIQUE = range(6)
-# aggregations over pairs (num_b of PAIRS_AGG)
-AGG_SUM, AGG_MEAN, AGG_MIN, AGG_MAX, AGG_STD, AGG_SKEW = range(6)
 # categorical output ops (cat_op)
 LOG_MODE_ATTR, COL_MODE_WEIGHTED, COL_MODE, PAIRS_CAT_MODE = range(4)
 
@@ -127,7 +126,7 @@ def _mode(counts, lo, width, rank, rank_lo):
 
 # ---------------------------------------------------------------------------- lanes
 @njit(cache=True)
-def _lane_room(g, n, ls, lc, lo, top, size):
+def _lane_room(g, n, lc, lo, top, size):
     """Whether group ``g`` (``n`` values) can take one more value without the pool growing."""
     if lo[g] + n < lc[g]:
         return True
@@ -142,22 +141,17 @@ def _lane_push(g, n, secs, idx, ls, lc, lo, lane, lane_i, meta, top_slot):
     empty ``lane_i`` keeps no store indexes (pairs need none)."""
     with_i = lane_i.shape[0] > 0
     if lo[g] + n == lc[g]:
-        start = ls[g]
-        if lo[g] > 0 and n <= lc[g] // 2:  # slide the live values down to the region start
-            for r in range(n):
-                lane[start + r] = lane[start + lo[g] + r]
-                if with_i:
-                    lane_i[start + r] = lane_i[start + lo[g] + r]
-        else:  # move to a region twice as big at the pool's end
-            cap = max(4, 2 * lc[g])
-            top = meta[top_slot]
-            for r in range(n):
-                lane[top + r] = lane[start + lo[g] + r]
-                if with_i:
-                    lane_i[top + r] = lane_i[start + lo[g] + r]
-            ls[g] = top
-            lc[g] = cap
-            meta[top_slot] = top + cap
+        src = ls[g] + lo[g]
+        # slide the live values down to the region start (a forward copy: the destination is
+        # below the source), or move them to a region twice as big at the pool's end
+        if not (lo[g] > 0 and n <= lc[g] // 2):
+            ls[g] = meta[top_slot]
+            lc[g] = max(4, 2 * lc[g])
+            meta[top_slot] = ls[g] + lc[g]
+        for r in range(n):
+            lane[ls[g] + r] = lane[src + r]
+            if with_i:
+                lane_i[ls[g] + r] = lane_i[src + r]
         lo[g] = 0
     at = ls[g] + lo[g] + n
     lane[at] = secs
@@ -399,10 +393,10 @@ def step(meta, window, cap, until,
             while applied < n_pend and pend_secs[applied] <= t:
                 p = pend_pair[applied]
                 c = pend_conn[applied]
-                if not _lane_room(p, p_n[p], p_ls, p_lc, p_lo, meta[PTOP], lane_p.shape[0]):
+                if not _lane_room(p, p_n[p], p_lc, p_lo, meta[PTOP], lane_p.shape[0]):
                     meta[FULL] = FULL_PAIR_LANES
                     return applied, qi
-                if not _lane_room(c, c_n[c], c_ls, c_lc, c_lo, meta[CTOP], lane_c.shape[0]):
+                if not _lane_room(c, c_n[c], c_lc, c_lo, meta[CTOP], lane_c.shape[0]):
                     meta[FULL] = FULL_CONN_LANES
                     return applied, qi
                 base = meta[BASE]
@@ -497,17 +491,17 @@ def step(meta, window, cap, until,
                     _stream_summaries(pl_v, start, length, s_mom, s_sum)
                     s_done = True
                 cnt = s_sum[0, j]
-                if agg == AGG_SUM:
+                if agg == S_SUM:
                     v = s_sum[1, j]
                 elif cnt == 0:
                     v = np.nan
-                elif agg == AGG_MEAN:
+                elif agg == S_MEAN:
                     v = s_sum[1, j] / cnt
-                elif agg == AGG_MIN:
+                elif agg == S_MIN:
                     v = s_sum[2, j]
-                elif agg == AGG_MAX:
+                elif agg == S_MAX:
                     v = s_sum[3, j]
-                elif agg == AGG_STD:
+                elif agg == S_STD:
                     if cnt < 2:
                         v = np.nan
                     elif s_sum[2, j] == s_sum[3, j]:
