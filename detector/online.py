@@ -36,7 +36,7 @@ def _standardise(squashed: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.
     return np.clip((squashed - mean) / std, -10.0, 10.0)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared by identity: one per learning step
 class OnlineSnapshot:
     """The online model frozen at one learning step: what scoring a cutoff of that step needs.
 
@@ -54,7 +54,7 @@ class OnlineSnapshot:
 
     def predict(self, values: np.ndarray) -> np.ndarray:
         """P(malicious) per row of raw numeric feature values (columns in the model's order)."""
-        z = _standardise(_squash(np.array(values, dtype="float64")), self.mean, self.std)
+        z = _standardise(_squash(np.asarray(values, dtype="float64")), self.mean, self.std)
         return np.asarray(self.mean_func(z @ self.weights + self.intercept), dtype="float64")
 
 
@@ -84,7 +84,7 @@ class OnlineModel:
 
     def _scaled(self, values: np.ndarray, learn: bool = False) -> np.ndarray:
         """River's inputs from raw values; learning updates the scaling first."""
-        x = _squash(np.array(values, dtype="float64"))
+        x = _squash(np.asarray(values, dtype="float64"))
         if learn:
             self._update_scale(x)
         return _standardise(x, self._mean, self._std())

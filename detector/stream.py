@@ -36,7 +36,8 @@ import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from itertools import islice
+from itertools import groupby, islice
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -189,7 +190,7 @@ class StreamDetector:
         self.processed_secs = -1  # last second fully processed
         self.next_boundary: int | None = None
         self.next_sweep: int | None = None
-        #: cutoffs awaiting features: (conn, secs, k, log_id, Pending, the online model of their step)
+        #: cutoffs awaiting features: (conn, secs, log_id, Pending, the online model of their step)
         self.queued: list[tuple] = []
         self.scored: list[tuple] = []  # (cutoffs, features, online scores, online weights) awaiting the batch model
         self.snapshot = self.online.snapshot()  # the online model as of the current learning step
@@ -443,13 +444,15 @@ class StreamDetector:
         self.stats.late += 1
         reason = (f"late event: secs {ev.secs} arrived after event time {self.processed_secs} was processed "
                   f"(beyond --allowed-lateness-secs {self.cfg.allowed_lateness_secs})")  # fmt: skip
-        value = dead_letter(source=f"{self.cfg.events_topic}[{partition}]@{offset}", reason=reason, raw=ev.to_json())
-        self.producer.send(self.cfg.dlq_topic, value=value).add_errback(self.send_errors.append)
+        self._send_dead_letter(f"{self.cfg.events_topic}[{partition}]@{offset}", reason, ev.to_json())
 
     def _dead_letter(self, tp, record, reason: str) -> None:
         self.stats.malformed += 1
-        value = dead_letter(source=f"{tp.topic}[{tp.partition}]@{record.offset}", reason=reason, raw=record.value)
-        self.producer.send(self.cfg.dlq_topic, key=record.key, value=value).add_errback(self.send_errors.append)
+        self._send_dead_letter(f"{tp.topic}[{tp.partition}]@{record.offset}", reason, record.value, record.key)
+
+    def _send_dead_letter(self, source: str, reason: str, raw: bytes, key: bytes | None = None) -> None:
+        value = dead_letter(source=source, reason=reason, raw=raw)
+        self.producer.send(self.cfg.dlq_topic, key=key, value=value).add_errback(self.send_errors.append)
 
     def _refresh_end_offsets(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -587,7 +590,7 @@ class StreamDetector:
             if k >= cfg.label_spec.min_events:
                 pend = Pending(k, s)
                 st.pending.append(pend)
-                self.queued.append((c, s, k, last_log[c], pend, self.snapshot))
+                self.queued.append((c, s, last_log[c], pend, self.snapshot))
         self.stats.feature_secs += time.perf_counter() - t0
         self.processed_secs = s
 
@@ -610,10 +613,8 @@ class StreamDetector:
         scores = np.full(len(self.queued), np.nan)
         weights = np.zeros(len(self.queued))
         start = 0
-        for end in range(1, len(self.queued) + 1):  # runs of cutoffs with the same model
-            snap = self.queued[start][5]
-            if end < len(self.queued) and self.queued[end][5] is snap:
-                continue
+        for snap, run in groupby(self.queued, key=itemgetter(4)):  # runs of cutoffs with the same model
+            end = start + sum(1 for _ in run)
             if snap is not None:
                 scores[start:end] = snap.predict(xs[start:end])
                 weights[start:end] = self.cfg.online_weight * min(
@@ -621,7 +622,7 @@ class StreamDetector:
             start = end
         for i, (*_, pend, _) in enumerate(self.queued):
             pend.x = xs[i]
-        self.scored.append(([row[:4] for row in self.queued], features, scores, weights))
+        self.scored.append(([row[:3] for row in self.queued], features, scores, weights))
         self.n_scored += len(self.queued)
         self.queued.clear()
         self.stats.feature_secs += t1 - t0
@@ -633,31 +634,35 @@ class StreamDetector:
         if not self.scored:
             return
         t0 = time.perf_counter()
+        cfg = self.cfg
         features = pd.concat([f for _, f, _, _ in self.scored], ignore_index=True)
-        batch_scores = self.batch.predict(features)
+        batch = np.asarray(self.batch.predict(features), dtype="float64")
         self.stats.model_secs += time.perf_counter() - t0
+        rows = [row for block, *_ in self.scored for row in block]
+        online = np.concatenate([o for _, _, o, _ in self.scored])
+        weight = np.concatenate([w for *_, w in self.scored])  # 0 where there is no online score
+        has_online = ~np.isnan(online)
+        score = np.where(has_online, (1 - weight) * batch + weight * online, batch)
+        alerted = score >= cfg.threshold
+        look = alerted  # only alerted and recorded cutoffs need a look of their own
+        if self._recorder is not None:
+            look = alerted | ((self.stats.cutoffs + np.arange(len(score))) % cfg.record_every == 0)
         now = time.time()
-        i = 0
-        for rows, _, online_scores, weights in self.scored:
-            for j, (conn, secs, _, log_id) in enumerate(rows):
-                b = batch_scores[i]
-                o = None if np.isnan(online_scores[j]) else float(online_scores[j])
-                weight = float(weights[j])  # 0 where there is no online score
-                score = b if o is None else (1 - weight) * b + weight * o
-                self._decide(conn, secs, log_id, features, i, b, o, weight, score, now)
-                i += 1
-        self.stats.cutoffs += i
+        for i in np.flatnonzero(look).tolist():
+            conn, secs, log_id = rows[i]
+            if self._recorder is not None:
+                self._record(conn, secs, features.iloc[i], float(score[i]))
+            if alerted[i]:
+                o = float(online[i]) if has_online[i] else None
+                self._alert(conn, secs, log_id, features, i, batch[i], o, float(weight[i]), float(score[i]), now)
+        self.stats.cutoffs += len(score)
         self.scored.clear()
         self.n_scored = 0
 
-    def _decide(self, conn: str, secs: int, log_id: int, features: pd.DataFrame, i: int, batch_score: float,
-                online_score: float | None, weight: float, score: float, now: float) -> None:
+    def _alert(self, conn: str, secs: int, log_id: int, features: pd.DataFrame, i: int, batch_score: float,
+               online_score: float | None, weight: float, score: float, now: float) -> None:
+        """Publish an alert for cutoff ``i`` unless its connection is in its cooldown."""
         cfg = self.cfg
-        alerted = score >= cfg.threshold
-        if self._recorder is not None and (alerted or (self.stats.cutoffs + i) % cfg.record_every == 0):
-            self._record(conn, secs, features.iloc[i], score)
-        if not alerted:
-            return
         st = self.conns.get(conn)
         last = st.last_alert_secs if st is not None else None
         if last is not None and secs - last < cfg.cooldown_secs:

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cyberstream import kafka_io
-from cyberstream.connections import DEFAULT_CONNECTION, SEPARATOR, connection_fields
+from cyberstream.connections import DEFAULT_CONNECTION, connection_id_of
 from cyberstream.schema import (
     COLUMNS,
     HEADER,
@@ -151,11 +151,6 @@ def read_records(path: Path) -> Iterator[Record]:
             yield log_id, fields, raw
 
 
-def parse_record(log_id: int, fields: list[str], raw: str):
-    """The record's event and label; :class:`SchemaError` if it breaks the schema or is not UTF-8."""
-    return parse_row(fields, log_id)
-
-
 def _leading_secs(line: str) -> int | None:
     head = line.split(",", 1)[0].strip()
     return int(head) if head.isdigit() and head.isascii() else None
@@ -212,7 +207,7 @@ def sorted_records(path: Path, chunk_rows: int) -> Iterator[Record]:
         chunk: list[tuple[int, int, list[str]]] = []
         for log_id, fields, raw in read_records(path):
             try:
-                event, _ = parse_record(log_id, fields, raw)
+                event, _ = parse_row(fields, log_id)
             except SchemaError:
                 yield log_id, fields, raw
                 continue
@@ -241,7 +236,7 @@ class _Encoder:
 
         self._murmur2 = murmur2
         self.partitions = partitions
-        self.fields = connection_fields(kind)
+        self._connection_id = connection_id_of(kind)
         self._json: dict[str | None, str] = {None: "null"}
         self._keys: dict[str, tuple[bytes, int, str]] = {}
 
@@ -255,7 +250,7 @@ class _Encoder:
 
     def key(self, event) -> tuple[bytes, int, str]:
         """(key bytes, partition, JSON of the connection id) of the event's connection."""
-        conn = SEPARATOR.join(getattr(event, f) for f in self.fields)
+        conn = self._connection_id(event)
         out = self._keys.get(conn)
         if out is None:
             if len(self._keys) > self.MAX_CACHE:
@@ -387,7 +382,7 @@ class Replayer:
                 rows += 1
                 tick += 1
                 try:
-                    event, malicious = parse_record(log_id, fields, raw)
+                    event, malicious = parse_row(fields, log_id)
                 except SchemaError as exc:
                     if started:
                         self._dead_letter(log_id, raw, exc.reason)

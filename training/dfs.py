@@ -27,16 +27,15 @@ Definitions
 
 Feature matrix
     :func:`feature_matrix` is the ONE place training computes features. It uses the
-    detector's engine (``detector.features.feature_matrix``) when it is installed, and
-    otherwise :func:`oracle_feature_matrix`, the definition itself: featuretools on the
-    EntitySet of the events seen so far (``secs <= t``), never one EntitySet of all
-    events (its last-time indexes would come from the future).
+    detector's compiled engine (``detector.features.feature_matrix``), or, with
+    ``engine="oracle"``, featuretools itself: the definition, on the EntitySet of the
+    events seen so far (``secs <= t``), never one EntitySet of all events (its last-time
+    indexes would come from the future).
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import warnings
 from collections.abc import Iterable
@@ -59,8 +58,6 @@ from training.entityset import (
     target_index,
     to_time,
 )
-
-log = logging.getLogger(__name__)
 
 MAX_DEPTH = 3
 DEFAULT_WINDOW_SECS = 86_400

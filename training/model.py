@@ -78,7 +78,7 @@ def coerce_features(X: pd.DataFrame, numeric: list[str], categorical: list[str])
     except (TypeError, ValueError):  # strings among them: coerce column by column
         values = np.column_stack(
             [pd.to_numeric(X[c], errors="coerce").to_numpy(dtype="float64", na_value=np.nan) for c in numeric]
-        ) if numeric else np.empty((len(X), 0))  # fmt: skip
+        )
     values[~np.isfinite(values)] = np.nan
     out = pd.DataFrame(values, index=X.index, columns=numeric)
     for c in categorical:

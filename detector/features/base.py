@@ -78,18 +78,14 @@ def output_kind(feature: ft.FeatureBase) -> str:
     return "float"
 
 
-def cutoff_index(cutoffs: Sequence[Cutoff], kind: str) -> pd.MultiIndex:
-    """The output index for ``cutoffs``: (connection id, cutoff second)."""
-    return _index(*_cutoff_arrays(cutoffs), kind)
-
-
 def _cutoff_arrays(cutoffs: Sequence[Cutoff]) -> tuple[np.ndarray, np.ndarray]:
     ids = np.array([c for c, _ in cutoffs], dtype=object)
     secs = np.fromiter((int(t) for _, t in cutoffs), dtype=np.int64, count=len(cutoffs))
     return ids, secs
 
 
-def _index(ids: np.ndarray, secs: np.ndarray, kind: str) -> pd.MultiIndex:
+def cutoff_index(ids: np.ndarray, secs: np.ndarray, kind: str) -> pd.MultiIndex:
+    """The output index for cutoffs given as arrays: (connection id, cutoff second)."""
     # Built from factorized codes: MultiIndex.from_arrays goes through Categoricals and cost
     # several times more per batch.
     id_codes, id_levels = pd.factorize(ids)
@@ -225,6 +221,6 @@ def frame_of(ids: np.ndarray, secs: np.ndarray, kind: str, columns: Mapping[str,
     pandas' per-column checks are skipped: the detector assembles a frame per batch.
     """
     return pd.DataFrame._from_arrays(
-        list(columns.values()), columns=pd.Index(list(columns)), index=_index(ids, secs, kind),
+        list(columns.values()), columns=pd.Index(list(columns)), index=cutoff_index(ids, secs, kind),
         verify_integrity=False,
     )  # fmt: skip

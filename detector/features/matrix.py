@@ -50,7 +50,7 @@ def make_engine(
     )
 
 
-def _cutoff_arrays(cutoffs: Sequence[Cutoff] | pd.DataFrame) -> tuple[list[str], np.ndarray]:
+def _ids_and_secs(cutoffs: Sequence[Cutoff] | pd.DataFrame) -> tuple[list[str], np.ndarray]:
     if isinstance(cutoffs, pd.DataFrame):
         if cutoffs.shape[1] != 2:
             raise ValueError(f"cutoffs DataFrame must have two columns (connection id, secs), got {list(cutoffs.columns)}")
@@ -84,7 +84,7 @@ def feature_matrix(
     secs = events["secs"].to_numpy(dtype=np.int64)
     if len(secs) > 1 and (np.diff(secs) < 0).any():
         raise ValueError("events must be sorted by secs")
-    ids, t = _cutoff_arrays(cutoffs)
+    ids, t = _ids_and_secs(cutoffs)
     eng = make_engine(engine, feature_defs, window_secs, kind=kind, base_epoch=base_epoch, max_events_per_connection=None)
     order = np.argsort(t, kind="stable")
     t_sorted = t[order]
@@ -115,7 +115,7 @@ def feature_matrix(
     inverse = np.empty(len(order), dtype=np.int64)
     inverse[order] = np.arange(len(order))
     fm = fm.iloc[inverse].reset_index(drop=True)
-    fm.index = cutoff_index(list(zip(ids, t.tolist(), strict=True)), kind)
+    fm.index = cutoff_index(np.asarray(ids, dtype=object), t, kind)
     log.info("computed %d feature rows x %d features with the %s engine", len(fm), fm.shape[1], engine)
     return fm
 
