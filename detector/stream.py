@@ -45,10 +45,11 @@ import numpy as np
 import pandas as pd
 
 from cyberstream.connections import connection_id_of
-from cyberstream.kafka_io import dead_letter, json_bytes, make_consumer, make_producer
+from cyberstream.kafka_io import dead_letter, json_bytes
 from cyberstream.schema import SchemaError, decode_event, decode_label
 from detector.alerts import FeatureExplainer, build_alert, json_value
 from detector.online import OnlineModel
+from detector.rdkafka_io import GroupSource, Partition, Records, Sender, last_timestamp, read_partition
 from training.labels import LabelSpec, resolve_window
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,21 @@ class Pending:
     k: int
     secs: int
     x: np.ndarray | None = None
+
+
+@dataclass(eq=False)  # compared by identity: one per learning step
+class ModelStep:
+    """The online model as of one learning step.
+
+    A step is decided when its boundary is reached (which cutoffs it learns from, with
+    which labels), but learnt only once the features of those cutoffs are computed, in
+    the next feature batch: learning never forces a small batch of its own. Every cutoff
+    is queued with the step current at its time and scored with that step's snapshot.
+    """
+
+    pending: list[Pending] = field(default_factory=list)  # the cutoffs it learns from, in order
+    labels: list[bool] = field(default_factory=list)
+    snapshot: Any = None  # OnlineSnapshot once learnt (None: the model has learnt nothing yet)
 
 
 @dataclass
@@ -193,19 +209,18 @@ class StreamDetector:
         #: cutoffs awaiting features: (conn, secs, log_id, Pending, the online model of their step)
         self.queued: list[tuple] = []
         self.scored: list[tuple] = []  # (cutoffs, features, online scores, online weights) awaiting the batch model
-        self.snapshot = self.online.snapshot()  # the online model as of the current learning step
+        #: the online model as of the current learning step; steps decided but not yet learnt
+        self.step = ModelStep(snapshot=self.online.snapshot())
+        self.unlearnt: list[ModelStep] = []
         self._connection_id = connection_id_of(cfg.kind)
         self.n_scored = 0
         self.stats = Stats()
         self.stop_requested = False
-        self.send_errors: list[BaseException] = []
-        self.producer = make_producer(cfg.bootstrap, client_id=f"{cfg.group_id}-alerts")
-        self.consumer = None
+        self.producer = Sender(cfg.bootstrap, client_id=f"{cfg.group_id}-alerts")
+        self.source: GroupSource | None = None
         # partition -> offset after a dead-lettered record that sits behind unprocessed ones
         self.skipped_events: dict[int, int] = {}
         self.skipped_labels: dict[int, int] = {}
-        self._revoked: set = set()
-        self._assigned: set | None = None
         self.final_lag: int | None = None
         #: (boundary, connection, cutoff_secs, label, label arrivals) of every learnt cutoff, when a
         #: caller sets it to a list (tests check that no label is used before it arrived).
@@ -221,37 +236,17 @@ class StreamDetector:
         signal.signal(signal.SIGINT, self.request_stop)
 
     def run(self) -> Stats:
-        from kafka import ConsumerRebalanceListener
-
         cfg = self.cfg
-        detector = self
-
-        # kafka-python runs rebalance callbacks on its IO thread, where no blocking call is
-        # allowed: they only note the change, and the loop handles it after poll() returns.
-        class Listener(ConsumerRebalanceListener):
-            def on_partitions_revoked(self, revoked):
-                detector._revoked.update(revoked)
-
-            def on_partitions_assigned(self, assigned):
-                detector._assigned = set(assigned)
-
-        # RangeAssignor gives the same partition numbers of the two co-partitioned topics to
-        # the same member, so a detector owning events of partition p also owns their labels.
-        from kafka.coordinator.assignors.range import RangePartitionAssignor
-
-        self.consumer = make_consumer(
-            cfg.bootstrap, group_id=cfg.group_id, max_poll_records=cfg.poll_records,
-            partition_assignment_strategy=[RangePartitionAssignor],
-            client_id=f"{cfg.group_id}-consumer",
+        # Rebalance callbacks run inside poll(), on this thread: they reposition and rebuild.
+        self.source = GroupSource(
+            cfg.bootstrap, cfg.group_id, [cfg.events_topic, cfg.labels_topic], client_id=f"{cfg.group_id}-consumer",
+            on_assign=self._on_assigned, on_revoke=self._on_revoked,
         )  # fmt: skip
-        self.consumer.subscribe([cfg.events_topic, cfg.labels_topic], listener=Listener())
         last_commit = last_log = time.monotonic()
         self._last_data = time.monotonic()
         try:
             while not self.stop_requested:
-                records = self.consumer.poll(timeout_ms=200)
-                if self._revoked or self._assigned is not None:
-                    records = self._handle_rebalance(records)
+                records = self.source.poll(timeout=0.2, max_records=cfg.poll_records)
                 if records:
                     self._last_data = time.monotonic()
                     self._enqueue(records)
@@ -280,35 +275,18 @@ class StreamDetector:
                 self.final_lag = self.lag()
             except Exception:  # the broker may be gone; the summary says "unknown"
                 self.final_lag = None
-            self.consumer.close(autocommit=False)
+            self.source.close()
             self.producer.flush()
-            self.producer.close()
             if self._recorder is not None:
                 self._recorder.close()
         self._log_progress(final=True)
         return self.stats
 
     # ------------------------------------------------------------------ rebalancing
-    def _handle_rebalance(self, records: dict) -> dict:
-        """Apply a noted revocation/assignment; drop the records fetched for new partitions.
-
-        New partitions are (re)positioned explicitly at the checkpoint's or the group's
-        offsets, so records a poll fetched for them before that are dropped and re-read.
-        """
-        revoked, assigned = self._revoked, self._assigned
-        self._revoked, self._assigned = set(), None
-        if revoked:
-            self._on_revoked(revoked)
-        if assigned is None:
-            return records
-        self._on_assigned(assigned)
-        self._last_data = time.monotonic()
-        return {tp: recs for tp, recs in records.items() if tp not in assigned}
-
-    def _on_revoked(self, revoked) -> None:
+    def _on_revoked(self, revoked: list[Partition]) -> None:
         # The partitions are already gone: work not committed yet is redone by their next
         # owner (at least once; alert ids are deterministic, so duplicates are recognisable).
-        gone = {tp.partition for tp in revoked if tp.topic == self.cfg.events_topic}
+        gone = {p for topic, p in revoked if topic == self.cfg.events_topic}
         for conn in [c for c, st in self.conns.items() if st.partition in gone]:
             del self.conns[conn]
         for p in gone:
@@ -319,12 +297,12 @@ class StreamDetector:
         # The engine keeps the remaining partitions' windows; the assignment that follows
         # rebuilds every window into a fresh engine.
 
-    def _on_assigned(self, assigned) -> None:
-        from kafka.structs import TopicPartition
-
+    def _on_assigned(self, assigned: list[Partition]) -> dict[Partition, int | None]:
+        """Restore what the checkpoint holds for the new assignment, rebuild every window,
+        and return the offset each partition resumes at (None: the log start)."""
         cfg = self.cfg
-        parts = sorted({tp.partition for tp in assigned if tp.topic == cfg.events_topic})
-        label_parts = sorted({tp.partition for tp in assigned if tp.topic == cfg.labels_topic})
+        parts = sorted({p for topic, p in assigned if topic == cfg.events_topic})
+        label_parts = sorted({p for topic, p in assigned if topic == cfg.labels_topic})
         if parts != label_parts:
             log.warning("events partitions %s and labels partitions %s differ: are the topics co-partitioned?",
                         parts, label_parts)  # fmt: skip
@@ -336,96 +314,76 @@ class StreamDetector:
             self.label_q.setdefault(p, deque())
         for p in label_parts:
             self.label_q.setdefault(p, deque())
-        for topic, offsets, ps in ((cfg.events_topic, "events", parts), (cfg.labels_topic, "labels", label_parts)):
-            for p in ps:
-                tp = TopicPartition(topic, p)
-                start = (ckpt or {}).get("offsets", {}).get(offsets, {}).get(p)
-                if start is None:
-                    start = self.consumer.committed(tp)
-                if start is None:
-                    self.consumer.seek_to_beginning(tp)
-                    continue
-                self.consumer.seek(tp, start)
-                (self.next_event_offset if offsets == "events" else self.next_label_offset)[p] = start
+        saved = (ckpt or {}).get("offsets", {})
+        missing = [(topic, p) for topic, p in assigned
+                   if saved.get("events" if topic == cfg.events_topic else "labels", {}).get(p) is None]  # fmt: skip
+        committed = self.source.committed(missing) if missing else {}
+        starts: dict[Partition, int | None] = {}
+        for topic, p in assigned:
+            key = "events" if topic == cfg.events_topic else "labels"
+            start = saved.get(key, {}).get(p)
+            if start is None:
+                start = committed.get((topic, p))
+            starts[(topic, p)] = start
+            if start is not None:
+                (self.next_event_offset if key == "events" else self.next_label_offset)[p] = start
         # Every partition's window is rebuilt into a fresh engine (cheap: one window of events).
         self.engine = self.engine_factory()
         for p in sorted(self.event_q):
             end = self.next_event_offset.get(p)
             if end:
                 self._rebuild(p, end)
+        self._last_data = time.monotonic()
+        return starts
 
     def _rebuild(self, partition: int, end_offset: int) -> None:
         """Re-read partition's events of the window before ``end_offset`` into the engine."""
-        from kafka.structs import TopicPartition
-
         cfg = self.cfg
-        tp = TopicPartition(cfg.events_topic, partition)
-        reader = make_consumer(cfg.bootstrap, group_id=None, client_id=f"{cfg.group_id}-rebuild")
-        try:
-            reader.assign([tp])
-            if self.processed_secs >= 0:
-                from_secs = self.processed_secs - cfg.window_secs + 1
-            else:
-                reader.seek(tp, end_offset - 1)
-                last = self._read_one(reader)
-                from_secs = (last.timestamp // 1000 - cfg.base_epoch) - cfg.window_secs + 1 if last else 0
-            found = reader.offsets_for_times({tp: max(0, (cfg.base_epoch + from_secs) * 1000)})
-            start = found[tp].offset if found.get(tp) is not None else end_offset
-            if start >= end_offset:
-                return
-            reader.seek(tp, start)
-            n = 0
-            pos = start
-            while pos < end_offset:
-                for recs in reader.poll(timeout_ms=1000).values():
-                    for r in recs:
-                        if r.offset >= end_offset:
-                            break
-                        pos = r.offset + 1
-                        try:
-                            ev = decode_event(r.value)
-                        except SchemaError:
-                            continue
-                        self.engine.observe(ev)
-                        n += 1
-            self.stats.rebuilt += n
+        client = f"{cfg.group_id}-rebuild"
+        if self.processed_secs >= 0:
+            from_secs = self.processed_secs - cfg.window_secs + 1
+        else:
+            last_ms = last_timestamp(cfg.bootstrap, cfg.events_topic, partition, end_offset, client)
+            from_secs = (last_ms // 1000 - cfg.base_epoch) - cfg.window_secs + 1 if last_ms is not None else 0
+        n = 0
+        start = None
+        from_ms = (cfg.base_epoch + max(0, from_secs)) * 1000
+        for offset, value in read_partition(cfg.bootstrap, cfg.events_topic, partition, from_ms, end_offset, client):
+            start = offset if start is None else start
+            try:
+                ev = decode_event(value)
+            except SchemaError:
+                continue
+            self.engine.observe(ev)
+            n += 1
+        self.stats.rebuilt += n
+        if start is not None:
             log.info("partition %d: rebuilt the window from %d events (offsets %d..%d)", partition, n, start,
                      end_offset - 1)  # fmt: skip
-        finally:
-            reader.close()
-
-    @staticmethod
-    def _read_one(reader):
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            for recs in reader.poll(timeout_ms=500, max_records=1).values():
-                if recs:
-                    return recs[0]
-        return None
 
     # ------------------------------------------------------------------ input
-    def _enqueue(self, records) -> None:
+    def _enqueue(self, records: dict[Partition, Records]) -> None:
         cfg = self.cfg
-        for tp, recs in records.items():
-            if tp.topic == cfg.events_topic:
-                q = self.event_q.setdefault(tp.partition, deque())
-                for r in recs:
+        for (topic, p), recs in records.items():
+            if topic == cfg.events_topic:
+                q = self.event_q.setdefault(p, deque())
+                for offset, value, key in zip(recs.offsets, recs.values, recs.keys, strict=True):
                     try:
-                        q.append((r.offset, decode_event(r.value)))
+                        q.append((offset, decode_event(value)))
                     except SchemaError as exc:
-                        self._dead_letter(tp, r, exc.reason)
-                        self._skip(self.next_event_offset, self.skipped_events, q, tp.partition, r.offset)
+                        self._dead_letter(topic, p, offset, value, key, exc.reason)
+                        self._skip(self.next_event_offset, self.skipped_events, q, p, offset)
             else:
-                q = self.label_q.setdefault(tp.partition, deque())
-                for r in recs:
+                q = self.label_q.setdefault(p, deque())
+                for offset, value, key, ts in zip(recs.offsets, recs.values, recs.keys, recs.timestamps, strict=True):
                     try:
-                        lab = decode_label(r.value)
+                        lab = decode_label(value)
                     except SchemaError as exc:
-                        self._dead_letter(tp, r, exc.reason)
-                        self._skip(self.next_label_offset, self.skipped_labels, q, tp.partition, r.offset)
+                        self._dead_letter(topic, p, offset, value, key, exc.reason)
+                        self._skip(self.next_label_offset, self.skipped_labels, q, p, offset)
                         continue
                     # Arrival in event time: the record timestamp the producer stamped.
-                    q.append((r.offset, lab, r.timestamp // 1000 - cfg.base_epoch))
+                    q.append((offset, lab, ts // 1000 - cfg.base_epoch))
 
     @staticmethod
     def _skip(next_offset: dict[int, int], skipped: dict[int, int], q: deque, partition: int, offset: int) -> None:
@@ -446,30 +404,26 @@ class StreamDetector:
                   f"(beyond --allowed-lateness-secs {self.cfg.allowed_lateness_secs})")  # fmt: skip
         self._send_dead_letter(f"{self.cfg.events_topic}[{partition}]@{offset}", reason, ev.to_json())
 
-    def _dead_letter(self, tp, record, reason: str) -> None:
+    def _dead_letter(self, topic: str, partition: int, offset: int, raw: bytes | None, key: bytes | None,
+                     reason: str) -> None:  # fmt: skip
         self.stats.malformed += 1
-        self._send_dead_letter(f"{tp.topic}[{tp.partition}]@{record.offset}", reason, record.value, record.key)
+        self._send_dead_letter(f"{topic}[{partition}]@{offset}", reason, raw, key)
 
     def _send_dead_letter(self, source: str, reason: str, raw: bytes, key: bytes | None = None) -> None:
         value = dead_letter(source=source, reason=reason, raw=raw)
-        self.producer.send(self.cfg.dlq_topic, key=key, value=value).add_errback(self.send_errors.append)
+        self.producer.send(self.cfg.dlq_topic, value, key=key)
 
     def _refresh_end_offsets(self, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self.end_offsets_at < 0.5:
             return
-        tps = list(self.consumer.assignment())
-        if tps:
-            self.end_offsets = {(tp.topic, tp.partition): o for tp, o in self.consumer.end_offsets(tps).items()}
+        self.end_offsets = self.source.end_offsets()
         self.end_offsets_at = now
 
     def _partition_caught_up(self, topic: str, p: int) -> bool:
-        from kafka.structs import TopicPartition
-
         end = self.end_offsets.get((topic, p))
-        if end is None:
-            return False
-        return self.consumer.position(TopicPartition(topic, p)) >= end
+        fetched = self.source.fetched.get((topic, p))
+        return end is not None and fetched is not None and fetched >= end
 
     def _caught_up(self) -> bool:
         if not self.event_q:  # not assigned yet (a rejoin can wait for a dead member's session)
@@ -590,7 +544,7 @@ class StreamDetector:
             if k >= cfg.label_spec.min_events:
                 pend = Pending(k, s)
                 st.pending.append(pend)
-                self.queued.append((c, s, last_log[c], pend, self.snapshot))
+                self.queued.append((c, s, last_log[c], pend, self.step))
         self.stats.feature_secs += time.perf_counter() - t0
         self.processed_secs = s
 
@@ -603,6 +557,7 @@ class StreamDetector:
         learning step (the snapshot queued with it), so batching changes no score.
         """
         if not self.queued:
+            self._learn_steps()
             return
         t0 = time.perf_counter()
         features = self.engine.features_at([(c, s) for c, s, *_ in self.queued])
@@ -610,18 +565,20 @@ class StreamDetector:
         self.engine.advance(self.processed_secs)
         t1 = time.perf_counter()
         xs = features.reindex(columns=self.online_cols).to_numpy(dtype="float64", na_value=np.nan)
+        for i, (*_, pend, _) in enumerate(self.queued):
+            pend.x = xs[i]
+        self._learn_steps()
         scores = np.full(len(self.queued), np.nan)
         weights = np.zeros(len(self.queued))
         start = 0
-        for snap, run in groupby(self.queued, key=itemgetter(4)):  # runs of cutoffs with the same model
+        for step, run in groupby(self.queued, key=itemgetter(4)):  # runs of cutoffs with the same model
             end = start + sum(1 for _ in run)
+            snap = step.snapshot
             if snap is not None:
                 scores[start:end] = snap.predict(xs[start:end])
                 weights[start:end] = self.cfg.online_weight * min(
                     1.0, snap.n_positive / max(1, self.cfg.online_warmup_positives))
             start = end
-        for i, (*_, pend, _) in enumerate(self.queued):
-            pend.x = xs[i]
         self.scored.append(([row[:3] for row in self.queued], features, scores, weights))
         self.n_scored += len(self.queued)
         self.queued.clear()
@@ -677,8 +634,7 @@ class StreamDetector:
             model_version=self.batch.version, events_in_window=_count(row.get(WINDOW_COUNT_FEATURE)),
             top_features=self.explainer.explain(row), detected_at=now,
         )  # fmt: skip
-        fut = self.producer.send(cfg.alerts_topic, key=conn.encode(), value=json_bytes(alert))
-        fut.add_errback(self.send_errors.append)
+        self.producer.send(cfg.alerts_topic, json_bytes(alert), key=conn.encode())
         self.stats.alerts += 1
 
     def _record(self, conn: str, secs: int, row: pd.Series, score: float) -> None:
@@ -702,7 +658,7 @@ class StreamDetector:
                 self.stats.labels += 1
             if not q:
                 self._drained(self.next_label_offset, self.skipped_labels, p)
-        xs, ys, order = [], [], []
+        resolved, ys, order = [], [], []
         for conn in sorted(dirty):
             st = self.conns[conn]
             if not st.pending:
@@ -713,23 +669,30 @@ class StreamDetector:
                 y = resolve_window(st.window_labels(start, start + spec.window), spec)
                 if y is None:
                     break
-                if pend.x is None:  # learning needs the inputs of cutoffs still queued
-                    self._compute_features()
                 st.pending.popleft()
                 order.append((pend.secs, conn))
                 if self.learn_log is not None:
                     used = [st.labels[lid][2] for lid, _ in islice(st.recent, start, start + spec.window)
                             if lid in st.labels]  # fmt: skip
                     self.learn_log.append((boundary, conn, pend.secs, y, used))
-                xs.append(pend.x)
+                resolved.append(pend)
                 ys.append(y)
             st.prune(spec)
-        if xs:
-            idx = sorted(range(len(xs)), key=lambda i: order[i])
-            self.online.learn_values(np.vstack([xs[i] for i in idx]), np.array([ys[i] for i in idx], dtype=bool))
-            self.snapshot = self.online.snapshot()
-            self.stats.learned += len(xs)
+        if resolved:
+            idx = sorted(range(len(resolved)), key=lambda i: order[i])
+            self.step = ModelStep(pending=[resolved[i] for i in idx], labels=[ys[i] for i in idx])
+            self.unlearnt.append(self.step)
+            self.stats.learned += len(resolved)
             self.stats.learned_positive += sum(ys)
+
+    def _learn_steps(self) -> None:
+        """Learn the decided steps in order (their cutoffs' features are all computed by now:
+        a step only learns from cutoffs queued before its boundary)."""
+        for step in self.unlearnt:
+            self.online.learn_values(np.vstack([pend.x for pend in step.pending]), np.array(step.labels, dtype=bool))
+            step.snapshot = self.online.snapshot()
+            step.pending = []  # the inputs are learnt: do not keep them alive
+        self.unlearnt.clear()
 
     def _drop_idle(self, now_secs: int) -> None:
         horizon = now_secs - self.idle_drop_secs
@@ -743,14 +706,13 @@ class StreamDetector:
 
     # ------------------------------------------------------------------ commit / checkpoint
     def _commit(self) -> None:
-        from kafka.structs import OffsetAndMetadata, TopicPartition
-
-        if self.consumer is None or not self.event_q:
+        if self.source is None or not self.event_q:
             return
         self._flush_scores()
         self.producer.flush()
-        if self.send_errors:
-            raise RuntimeError(f"{len(self.send_errors)} alert/dead-letter sends failed: {self.send_errors[0]!r}")
+        if self.producer.errors:
+            errors = self.producer.errors
+            raise RuntimeError(f"{len(errors)} alert/dead-letter sends failed: {errors[0]!r}")
         if self._recorder is not None:
             self._recorder.flush()
         offsets = {"events": dict(self.next_event_offset), "labels": dict(self.next_label_offset)}
@@ -758,9 +720,8 @@ class StreamDetector:
         commit = {}
         for topic, key in ((self.cfg.events_topic, "events"), (self.cfg.labels_topic, "labels")):
             for p, off in offsets[key].items():
-                commit[TopicPartition(topic, p)] = OffsetAndMetadata(off, "", -1)
-        if commit:
-            self.consumer.commit(commit)
+                commit[(topic, p)] = off
+        self.source.commit(commit)
 
     def _checkpoint_state(self, offsets: dict) -> dict:
         return {
@@ -801,7 +762,7 @@ class StreamDetector:
                         path, ckpt.get("model_version"), self.batch.version)  # fmt: skip
         else:
             self.online = OnlineModel.from_bytes(ckpt["online"])
-            self.snapshot = self.online.snapshot()
+            self.step = ModelStep(snapshot=self.online.snapshot())
         self.conns = ckpt["conns"]
         self.processed_secs = ckpt["processed_secs"]
         self.next_boundary = ckpt["next_boundary"]
@@ -812,7 +773,7 @@ class StreamDetector:
 
     # ------------------------------------------------------------------ reporting
     def lag(self) -> int:
-        if self.consumer is None:
+        if self.source is None:
             return 0
         self._refresh_end_offsets()
         total = 0
