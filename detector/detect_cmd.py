@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     # thread made a 4,000-row predict 50x slower here. Scale out with partitions instead.
     from threadpoolctl import threadpool_limits
 
-    threadpool_limits(limits=1)
+    threadpool_limits(limits=int(__import__("os").environ.get("TPL", "1")))
     detector = StreamDetector(cfg, model, engine_factory, model.explainer())
     fallback = getattr(detector.engine, "fallback_features", [])
     log.info("model %s: %d features (%s engine%s), window %d s, threshold %.4f, connection kind %s",

@@ -193,39 +193,44 @@ class StreamDetector:
         self.engine_factory = engine_factory
         self.engine = engine_factory()
         self.explainer = explainer
-        self.online = OnlineModel(batch_model.online_feature_names)
         self.online_cols = list(batch_model.online_feature_names)
         self.idle_drop_secs = max(cfg.idle_drop_secs or cfg.window_secs, cfg.window_secs)
+        self.end_offsets: dict[tuple[str, int], int] = {}
+        self.end_offsets_at = 0.0
+        self._reset_stream_state()
+        self._connection_id = connection_id_of(cfg.kind)
+        self.stats = Stats()
+        self.stop_requested = False
+        self.producer = Sender(cfg.bootstrap, client_id=f"{cfg.group_id}-alerts")
+        self.source: GroupSource | None = None
+        self.final_lag: int | None = None
+        #: (boundary, connection, cutoff_secs, label, label arrivals) of every learnt cutoff, when a
+        #: caller sets it to a list (tests check that no label is used before it arrived).
+        self.learn_log: list | None = None
+        self._recorder = open(cfg.record_features, "a") if cfg.record_features else None
+
+    def _reset_stream_state(self) -> None:
+        """Forget everything learnt from the stream: the state of a detector that owns no
+        partition yet (an assignment restores it from the checkpoint and the log)."""
+        self.online = OnlineModel(self.online_cols)
         self.conns: dict[str, ConnState] = {}
         self.event_q: dict[int, deque] = {}
         self.label_q: dict[int, deque] = {}
         self.next_event_offset: dict[int, int] = {}
         self.next_label_offset: dict[int, int] = {}
-        self.end_offsets: dict[tuple[str, int], int] = {}
-        self.end_offsets_at = 0.0
+        # partition -> offset after a dead-lettered record that sits behind unprocessed ones
+        self.skipped_events: dict[int, int] = {}
+        self.skipped_labels: dict[int, int] = {}
         self.processed_secs = -1  # last second fully processed
         self.next_boundary: int | None = None
         self.next_sweep: int | None = None
         #: cutoffs awaiting features: (conn, secs, log_id, Pending, the online model of their step)
         self.queued: list[tuple] = []
         self.scored: list[tuple] = []  # (cutoffs, features, online scores, online weights) awaiting the batch model
-        #: the online model as of the current learning step; steps decided but not yet learnt
-        self.step = ModelStep(snapshot=self.online.snapshot())
-        self.unlearnt: list[ModelStep] = []
-        self._connection_id = connection_id_of(cfg.kind)
         self.n_scored = 0
-        self.stats = Stats()
-        self.stop_requested = False
-        self.producer = Sender(cfg.bootstrap, client_id=f"{cfg.group_id}-alerts")
-        self.source: GroupSource | None = None
-        # partition -> offset after a dead-lettered record that sits behind unprocessed ones
-        self.skipped_events: dict[int, int] = {}
-        self.skipped_labels: dict[int, int] = {}
-        self.final_lag: int | None = None
-        #: (boundary, connection, cutoff_secs, label, label arrivals) of every learnt cutoff, when a
-        #: caller sets it to a list (tests check that no label is used before it arrived).
-        self.learn_log: list | None = None
-        self._recorder = open(cfg.record_features, "a") if cfg.record_features else None
+        #: the online model as of the current learning step; steps decided but not yet learnt
+        self.step = ModelStep(snapshot=None)
+        self.unlearnt: list[ModelStep] = []
 
     # ------------------------------------------------------------------ lifecycle
     def request_stop(self, *_: Any) -> None:
@@ -284,23 +289,19 @@ class StreamDetector:
 
     # ------------------------------------------------------------------ rebalancing
     def _on_revoked(self, revoked: list[Partition]) -> None:
-        # The partitions are already gone: work not committed yet is redone by their next
-        # owner (at least once; alert ids are deterministic, so duplicates are recognisable).
-        gone = {p for topic, p in revoked if topic == self.cfg.events_topic}
-        for conn in [c for c, st in self.conns.items() if st.partition in gone]:
-            del self.conns[conn]
-        for p in gone:
-            self.event_q.pop(p, None)
-            self.label_q.pop(p, None)
-            self.next_event_offset.pop(p, None)
-            self.next_label_offset.pop(p, None)
-        # The engine keeps the remaining partitions' windows; the assignment that follows
-        # rebuilds every window into a fresh engine.
+        """Hand the partitions over with everything processed so far committed (the alerts
+        acknowledged, the checkpoint written); the assignment that follows starts afresh
+        from the checkpoint and the log."""
+        try:
+            self._commit()
+        except Exception as exc:  # partitions lost to a session timeout: the next owner redoes the work
+            log.warning("could not commit before the partitions were revoked (%s): uncommitted work is redone", exc)
 
     def _on_assigned(self, assigned: list[Partition]) -> dict[Partition, int | None]:
         """Restore what the checkpoint holds for the new assignment, rebuild every window,
         and return the offset each partition resumes at (None: the log start)."""
         cfg = self.cfg
+        self._reset_stream_state()
         parts = sorted({p for topic, p in assigned if topic == cfg.events_topic})
         label_parts = sorted({p for topic, p in assigned if topic == cfg.labels_topic})
         if parts != label_parts:
@@ -327,6 +328,12 @@ class StreamDetector:
             starts[(topic, p)] = start
             if start is not None:
                 (self.next_event_offset if key == "events" else self.next_label_offset)[p] = start
+            if start and key == "events" and p not in saved.get("events", {}) and self.processed_secs >= 0:
+                # Taken over from another member, who reached another event time: resume the
+                # seconds from the earlier of the two, so its events are not taken for late ones.
+                last_ms = last_timestamp(cfg.bootstrap, topic, p, start, f"{cfg.group_id}-rebuild")
+                if last_ms is not None:
+                    self.processed_secs = min(self.processed_secs, last_ms // 1000 - cfg.base_epoch)
         # Every partition's window is rebuilt into a fresh engine (cheap: one window of events).
         self.engine = self.engine_factory()
         for p in sorted(self.event_q):
