@@ -5,10 +5,13 @@ Usage: .venv/bin/python bench/bench_detector.py [--data CSV] [--model-dir DIR]
        [--latency-hours H]
 
 1. Throughput: the whole file is replayed at --speed max into fresh topics first; then
-   kafka-python's raw consumption of the event topic is timed (a bare consumer reading
-   every partition to the end), and then `cyberstream detect` consumes the same topics with
-   both models scoring every cutoff. The detector's rate is counted from its first event
-   to its last (group join and the idle tail excluded).
+   the raw consumption of the event topic is timed with kafka-python and with librdkafka
+   (a bare consumer reading every partition to the end), and then `cyberstream detect`
+   consumes the same topics with both models scoring every cutoff: one detector, then
+   --members detectors in one consumer group (one per core: each owns some partitions of
+   both topics, with its own online model). A rate is counted from the first event any
+   member processed to the last (group join and the idle tail excluded; a rebalance while
+   the members join is included).
 2. Latency: a slice of --latency-hours of event time is replayed at --latency-speed times
    real time into other fresh topics while a detector runs; a watcher consumer records when
    each event became readable in Kafka, and each alert's latency is its `detected_at` minus
@@ -60,6 +63,29 @@ def produce(bootstrap: str, data: Path, t: dict[str, str], *extra: str) -> None:
         "--no-progress", *extra)  # fmt: skip
 
 
+def raw_rdkafka_rate(bootstrap: str, topic: str) -> tuple[int, float]:
+    """Messages/s of a bare librdkafka (confluent-kafka) consumer reading ``topic`` to its end,
+    the client the detector uses."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-raw-{uuid.uuid4().hex[:6]}",
+                         "enable.auto.commit": False, "queued.max.messages.kbytes": 262_144,
+                         "fetch.max.bytes": 64 * 1024 * 1024, "max.partition.fetch.bytes": 8 * 1024 * 1024})  # fmt: skip
+    parts = sorted(consumer.list_topics(topic, timeout=30).topics[topic].partitions)
+    total = sum(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1] for p in parts)
+    consumer.assign([TopicPartition(topic, p, 0) for p in parts])
+    n = 0
+    t0 = time.perf_counter()
+    while n < total:
+        for m in consumer.consume(num_messages=50_000, timeout=1.0):
+            if m.error() is None:
+                m.value()
+                n += 1
+    elapsed = time.perf_counter() - t0
+    consumer.close()
+    return n, n / elapsed
+
+
 def raw_consume_rate(bootstrap: str, topic: str) -> tuple[int, float]:
     """Messages/s of a bare kafka-python consumer reading every partition of ``topic`` to its end."""
     from kafka.structs import TopicPartition
@@ -80,30 +106,47 @@ def raw_consume_rate(bootstrap: str, topic: str) -> tuple[int, float]:
 
 
 def detect(bootstrap: str, model_dir: Path, t: dict[str, str], features: str, state: Path,
-           idle: float = 5.0) -> tuple[str, float]:  # fmt: skip
-    """Run `cyberstream detect` until idle; return its summary and peak RSS in MB."""
-    args = [sys.executable, "-m", "cyberstream.cli", "detect", "--model-dir", str(model_dir),
-            "--bootstrap-servers", bootstrap, "--group-id", f"bench-{uuid.uuid4().hex[:6]}",
-            "--events-topic", t["events"], "--labels-topic", t["labels"], "--alerts-topic", t["alerts"],
-            "--dlq-topic", t["dlq"], "--partitions", str(PARTITIONS), "--features", features,
-            "--checkpoint", str(state / f"{t['events']}.ckpt"), "--idle-timeout", str(idle), "--log-every", "30"]  # fmt: skip
-    proc = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+           idle: float = 5.0, members: int = 1) -> tuple[list[str], float]:  # fmt: skip
+    """Run ``members`` `cyberstream detect` processes in one group until idle; return their
+    summaries and the peak RSS of the largest, in MB."""
+    group = f"bench-{uuid.uuid4().hex[:6]}"
+    procs = []
+    for i in range(members):
+        args = [sys.executable, "-m", "cyberstream.cli", "detect", "--model-dir", str(model_dir),
+                "--bootstrap-servers", bootstrap, "--group-id", group,
+                "--events-topic", t["events"], "--labels-topic", t["labels"], "--alerts-topic", t["alerts"],
+                "--dlq-topic", t["dlq"], "--partitions", str(PARTITIONS), "--features", features,
+                "--checkpoint", str(state / f"{group}-{i}.ckpt"), "--idle-timeout", str(idle), "--log-every", "30"]  # fmt: skip
+        proc = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+        chunks: list[str] = []
+        reader = threading.Thread(target=lambda p=proc, c=chunks: c.append(p.stderr.read()), daemon=True)
+        reader.start()
+        procs.append((proc, psutil.Process(proc.pid), reader, chunks))
     peak = 0
-    ps = psutil.Process(proc.pid)
-    stderr_chunks: list[str] = []
-    reader = threading.Thread(target=lambda: stderr_chunks.append(proc.stderr.read()), daemon=True)
-    reader.start()
-    while proc.poll() is None:
-        try:
-            peak = max(peak, ps.memory_info().rss)
-        except psutil.NoSuchProcess:
-            break
+    while any(proc.poll() is None for proc, *_ in procs):
+        for _proc, ps, *_ in procs:
+            try:
+                peak = max(peak, ps.memory_info().rss)
+            except psutil.NoSuchProcess:
+                pass
         time.sleep(0.2)
-    reader.join()
-    err = "".join(stderr_chunks)
-    if proc.returncode != 0:
-        raise SystemExit(f"detector failed:\n{err[-3000:]}")
-    return err[err.index("detector summary"):], peak / 2**20
+    summaries = []
+    for proc, _ps, reader, chunks in procs:
+        reader.join()
+        err = "".join(chunks)
+        if proc.returncode != 0:
+            raise SystemExit(f"detector failed:\n{err[-3000:]}")
+        summaries.append(err[err.index("detector summary"):])
+    return summaries, peak / 2**20
+
+
+def group_rate(summaries: list[str]) -> tuple[int, float]:
+    """Events processed by all members, and events/s from the first event any member
+    processed to the last."""
+    events = sum(int(re.search(r"events processed\s+([\d,]+)", s).group(1).replace(",", "")) for s in summaries)
+    spans = [tuple(map(float, re.search(r"busy from\s+([\d.]+) to ([\d.]+)", s).groups())) for s in summaries]
+    first, last = min(a for a, _ in spans), max(b for _, b in spans)
+    return events, events / max(last - first, 1e-9)
 
 
 class Watcher(threading.Thread):
@@ -134,6 +177,7 @@ def main() -> int:
     ap.add_argument("--latency-speed", type=float, default=1000.0, help="replay speed of the latency run")
     ap.add_argument("--latency-hours", type=float, default=48.0, help="event-time hours replayed for latency")
     ap.add_argument("--skip-throughput", action="store_true", help="only the latency run")
+    ap.add_argument("--members", type=int, default=2, help="detectors in one group for the scale-out run (0: skip)")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-detector-") as tmp:
@@ -149,15 +193,19 @@ def main() -> int:
         rows = sum(1 for _ in open(data)) - 1
         with running_broker(args.bootstrap_servers) as bootstrap:
             # 1. throughput
-            n_raw = raw_rate = busy = peak_mb = 0
+            n_raw = raw_rate = rd_rate = busy = peak_mb = group_events = group_busy = group_peak = 0
             summary = "(skipped)"
             t = topics("tput")
             if not args.skip_throughput:
                 ensure_topics(bootstrap, {t["events"]: PARTITIONS, t["labels"]: PARTITIONS})
                 produce(bootstrap, data, t, "--speed", "max")
                 n_raw, raw_rate = raw_consume_rate(bootstrap, t["events"])
-                summary, peak_mb = detect(bootstrap, model_dir, t, args.features, work)
-                busy = float(re.search(r"([\d,]+) events/s from the first event", summary).group(1).replace(",", ""))
+                _, rd_rate = raw_rdkafka_rate(bootstrap, t["events"])
+                (summary,), peak_mb = detect(bootstrap, model_dir, t, args.features, work)
+                busy = group_rate([summary])[1]
+                if args.members > 1:
+                    summaries, group_peak = detect(bootstrap, model_dir, t, args.features, work, members=args.members)
+                    group_events, group_busy = group_rate(summaries)
             # 2. latency, on a paced slice
             lt = topics("lat")
             ensure_topics(bootstrap, {lt["events"]: PARTITIONS, lt["labels"]: PARTITIONS})
@@ -178,12 +226,16 @@ def main() -> int:
     print(f"data: {data} ({rows:,} events); model: {model_dir}; feature engine: {args.features}")
     print("\n== throughput (whole file, both models scoring every cutoff)")
     print(f"kafka-python raw consumption of the event topic: {n_raw:,} messages, {raw_rate:,.0f} messages/s")
-    print(f"detector end to end: {busy:,.0f} events/s ({busy / max(raw_rate, 1):.0%} of the raw consumption rate)")
+    print(f"librdkafka raw consumption of the event topic: {rd_rate:,.0f} messages/s")
+    print(f"detector end to end: {busy:,.0f} events/s ({busy / max(raw_rate, 1):.0%} of kafka-python's raw rate)")
     print(f"detector peak memory (RSS): {peak_mb:,.0f} MB")
     print(summary.rstrip())
+    if group_events:
+        print(f"\n{args.members} detectors in one group: {group_events:,} events, {group_busy:,.0f} events/s "
+              f"({group_busy / max(raw_rate, 1):.0%} of kafka-python's raw rate); largest peak RSS {group_peak:,.0f} MB")
     print(f"\n== latency, event published -> alert ({args.latency_hours:g} h of event time at "
           f"{args.latency_speed:g}x real time)")  # fmt: skip
-    print(results["lat"][0].rstrip())
+    print(results["lat"][0][0].rstrip())
     if len(lat):
         print(f"alerts: {len(lat)}; p50 {np.percentile(lat, 50) * 1000:,.0f} ms, "
               f"p99 {np.percentile(lat, 99) * 1000:,.0f} ms, max {lat.max() * 1000:,.0f} ms")  # fmt: skip

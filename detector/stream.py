@@ -173,7 +173,7 @@ class Stats:
     feature_secs: float = 0.0
     model_secs: float = 0.0
     started: float = field(default_factory=time.monotonic)
-    first_event_at: float | None = None  # wall (monotonic) time the first event was processed
+    first_event_at: float | None = None  # wall-clock time (time.time) the first event was processed
     last_event_at: float | None = None
 
     @property
@@ -519,29 +519,33 @@ class StreamDetector:
         touched: dict[str, ConnState] = {}
         last_log: dict[str, int] = {}
         t0 = time.perf_counter()
+        conns, connection_id, closed = self.conns, self._connection_id, self.processed_secs
+        events: list = []
         for p, q in self.event_q.items():
             offset = None
             while q and q[0][1].secs <= s:
                 offset, ev = q.popleft()
-                if ev.secs <= self.processed_secs:  # its second is closed: featuretools' answer has changed
+                if ev.secs <= closed:  # its second is closed: featuretools' answer has changed
                     self._late(p, offset, ev)
                     continue
-                conn = self._connection_id(ev)
-                st = self.conns.get(conn)
+                conn = connection_id(ev)
+                st = conns.get(conn)
                 if st is None:
-                    st = self.conns[conn] = ConnState(partition=p)
+                    st = conns[conn] = ConnState(partition=p)
                 st.recent.append((ev.log_id, ev.secs))
                 st.n_seen += 1
                 st.last_secs = ev.secs
                 touched[conn] = st
-                last_log[conn] = max(last_log.get(conn, -1), ev.log_id)
-                self.engine.observe(ev)
-                self.stats.events += 1
+                if ev.log_id > last_log.get(conn, -1):
+                    last_log[conn] = ev.log_id
+                events.append(ev)
             if offset is not None:
                 self.next_event_offset[p] = offset + 1
             if not q:
                 self._drained(self.next_event_offset, self.skipped_events, p)
-        now = time.monotonic()
+        self.engine.observe_many(events)
+        self.stats.events += len(events)
+        now = time.time()
         if self.stats.first_event_at is None:
             self.stats.first_event_at = now
         self.stats.last_event_at = now
@@ -808,6 +812,7 @@ class StreamDetector:
             f"  consumer lag       {'unknown' if self.final_lag is None else f'{self.final_lag:,}'} events",
             f"  time per event     features {s.feature_secs * per_event:.1f} us, models {s.model_secs * per_event:.1f} us",
             f"  event time reached {_fmt_secs(self.processed_secs)}",
+            f"  busy from          {s.first_event_at or 0:.3f} to {s.last_event_at or 0:.3f} (Unix time, first and last event)",
         ])
 
     def _log_progress(self, final: bool = False) -> None:

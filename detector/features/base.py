@@ -171,6 +171,9 @@ class FeatureEngine(Protocol):
     def observe(self, event: Event) -> None:
         """Take one event (event-time order per connection)."""
 
+    def observe_many(self, events: Sequence[Event]) -> None:
+        """:meth:`observe` for each of ``events`` (one call per second of the stream)."""
+
     def observe_frame(self, events: pd.DataFrame) -> None:
         """Take many events at once: schema columns plus ``log_id``, sorted by ``secs``."""
 

@@ -391,6 +391,16 @@ class CompiledEngine(EngineSettings):
         if self.fallback is not None:
             self.fallback.observe(event)
 
+    def observe_many(self, events: Sequence[Event]) -> None:
+        if not events:
+            return
+        if self._live is not None and min(map(_SECS, events)) <= self._live:
+            raise ValueError(f"late event: secs={min(map(_SECS, events))} is not after {self._live}, "
+                             "where features were computed")  # fmt: skip
+        self._raw.extend(events)
+        if self.fallback is not None:
+            self.fallback.observe_many(events)
+
     def observe_frame(self, events: pd.DataFrame) -> None:
         if events.empty:
             return

@@ -79,6 +79,10 @@ class OracleEngine(EngineSettings):
         self._events.setdefault(connection_id(event, self.kind), deque()).append(row)
         self._observed += 1
 
+    def observe_many(self, events: Sequence[Event]) -> None:
+        for event in events:
+            self.observe(event)
+
     def observe_frame(self, events: pd.DataFrame) -> None:
         if events.empty:
             return
