@@ -212,9 +212,15 @@ def main() -> int:
             watcher = Watcher(bootstrap, lt["events"])
             watcher.start()
             until = int(args.latency_hours * 3600)
-            det = threading.Thread(target=lambda: results.update(lat=detect(bootstrap, model_dir, lt, args.features,
-                                                                             work, idle=8.0)))  # fmt: skip
             results: dict = {}
+
+            def run_latency_detector() -> None:
+                try:
+                    results["lat"] = detect(bootstrap, model_dir, lt, args.features, work, idle=8.0)
+                except SystemExit as exc:  # a thread would swallow it: report it after the join
+                    results["error"] = str(exc)
+
+            det = threading.Thread(target=run_latency_detector)
             det.start()
             time.sleep(5)  # let the detector join its group
             produce(bootstrap, data, lt, "--speed", str(args.latency_speed), "--until-secs", str(until))
@@ -235,6 +241,8 @@ def main() -> int:
               f"({group_busy / max(raw_rate, 1):.0%} of kafka-python's raw rate); largest peak RSS {group_peak:,.0f} MB")
     print(f"\n== latency, event published -> alert ({args.latency_hours:g} h of event time at "
           f"{args.latency_speed:g}x real time)")  # fmt: skip
+    if "error" in results:
+        raise SystemExit(f"the latency run's {results['error']}")
     print(results["lat"][0][0].rstrip())
     if len(lat):
         print(f"alerts: {len(lat)}; p50 {np.percentile(lat, 50) * 1000:,.0f} ms, "

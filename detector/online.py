@@ -22,6 +22,7 @@ import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import narwhals.stable.v2 as nw
 import numpy as np
 import pandas as pd
 
@@ -130,8 +131,11 @@ class OnlineModel:
         order): no DataFrame round trip for the detector, which holds arrays."""
         if not len(values):
             return
-        y = pd.Series(labels.astype(bool))
-        self.model.learn_many(pd.DataFrame(self._scaled(values, learn=True), columns=self.feature_names), y)
+        # River takes any narwhals frame; built from numpy here, it skips the backend
+        # detection that wrapping a pandas frame costs (a fifth of a learn_many call).
+        x = nw.from_numpy(self._scaled(values, learn=True), schema=self.feature_names, backend="pandas")
+        y = nw.new_series("y", labels.astype(bool), backend="pandas")
+        self.model.learn_many(x, y)
         self.n_learned += len(y)
         self.n_positive += int(labels.sum())
 

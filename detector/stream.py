@@ -131,6 +131,7 @@ class ConnState:
     labels: dict = field(default_factory=dict)  # log_id -> (malicious, secs), arrived labels
     pending: deque = field(default_factory=deque)  # Pending cutoffs, oldest first
     last_alert_secs: int | None = None
+    last_malicious_secs: int = -1  # secs of the latest event labelled malicious so far
 
     def prune(self, spec: LabelSpec) -> None:
         """Forget positions and labels no pending or future cutoff can need."""
@@ -665,6 +666,8 @@ class StreamDetector:
                 if st is None:
                     st = self.conns[lab.connection] = ConnState(partition=p)
                 st.labels[lab.log_id] = (lab.malicious, lab.secs, arrival)
+                if lab.malicious and lab.secs > st.last_malicious_secs:
+                    st.last_malicious_secs = lab.secs
                 dirty.add(lab.connection)
                 self.stats.labels += 1
             if not q:
@@ -676,6 +679,10 @@ class StreamDetector:
                 continue
             while st.pending:
                 pend = st.pending[0]
+                if pend.k + spec.horizon > st.n_seen and st.last_malicious_secs < pend.secs:
+                    # Its window is not full and holds no malicious label (those events are
+                    # at or after the cutoff): resolve_window could only say "not yet".
+                    break
                 start = pend.k - st.base + spec.lead
                 y = resolve_window(st.window_labels(start, start + spec.window), spec)
                 if y is None:
