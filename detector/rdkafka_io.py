@@ -23,24 +23,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 log = logging.getLogger(__name__)
 
 #: a partition: (topic, number)
 Partition = tuple[str, int]
-
-
-@dataclass
-class Records:
-    """One poll's records of one partition, in offset order."""
-
-    offsets: list[int] = field(default_factory=list)
-    values: list[bytes | None] = field(default_factory=list)
-    keys: list[bytes | None] = field(default_factory=list)
-    timestamps: list[int] = field(default_factory=list)  # ms: the producer's, i.e. event time
 
 
 def consumer_config(bootstrap: str, group_id: str, client_id: str, **overrides: object) -> dict[str, object]:
@@ -116,8 +105,10 @@ class GroupSource:
             self._on_revoke(parts)
         consumer.unassign()
 
-    def poll(self, timeout: float, max_records: int) -> dict[Partition, Records]:
-        """Up to ``max_records`` records, grouped by partition (rebalances happen in here)."""
+    def poll(self, timeout: float, max_records: int) -> dict[Partition, list[Message]]:
+        """Up to ``max_records`` records, grouped by partition in offset order (rebalances
+        happen in here). The records are librdkafka's messages: ``offset()``, ``value()``,
+        ``key()``, ``timestamp()[1]`` (ms; the producer's, i.e. event time)."""
         # consume() with a timeout waits for a full batch; what is queued is taken at once,
         # and an empty queue waits only for its first record (latency).
         messages = self._consumer.consume(num_messages=max_records, timeout=0)
@@ -126,8 +117,7 @@ class GroupSource:
             if first is None:
                 return {}
             messages = [first, *self._consumer.consume(num_messages=max_records - 1, timeout=0)]
-        out: dict[Partition, Records] = {}
-        fetched = self.fetched
+        out: dict[Partition, list[Message]] = {}
         for m in messages:
             err = m.error()
             if err is not None:
@@ -138,17 +128,16 @@ class GroupSource:
                 log.warning("consumer error: %s", err)
                 continue
             key = (m.topic(), m.partition())
-            if key not in fetched:  # fetched before a revocation handled in this very call
-                continue
             recs = out.get(key)
             if recs is None:
-                recs = out[key] = Records()
-            offset = m.offset()
-            recs.offsets.append(offset)
-            recs.values.append(m.value())
-            recs.keys.append(m.key())
-            recs.timestamps.append(m.timestamp()[1])
-            fetched[key] = offset + 1
+                recs = out[key] = []
+            recs.append(m)
+        fetched = self.fetched
+        for key, recs in list(out.items()):
+            if key not in fetched:  # fetched before a revocation handled in this very call
+                del out[key]
+            else:
+                fetched[key] = recs[-1].offset() + 1
         return out
 
     def committed(self, parts: list[Partition]) -> dict[Partition, int | None]:

@@ -49,7 +49,7 @@ from cyberstream.kafka_io import dead_letter, json_bytes
 from cyberstream.schema import SchemaError, decode_event, decode_label
 from detector.alerts import FeatureExplainer, build_alert, json_value
 from detector.online import OnlineModel
-from detector.rdkafka_io import GroupSource, Partition, Records, Sender, last_timestamp, read_partition
+from detector.rdkafka_io import GroupSource, Partition, Sender, last_timestamp, read_partition
 from training.labels import LabelSpec, resolve_window
 
 log = logging.getLogger(__name__)
@@ -370,28 +370,29 @@ class StreamDetector:
                      end_offset - 1)  # fmt: skip
 
     # ------------------------------------------------------------------ input
-    def _enqueue(self, records: dict[Partition, Records]) -> None:
+    def _enqueue(self, records: dict[Partition, list]) -> None:
         cfg = self.cfg
         for (topic, p), recs in records.items():
             if topic == cfg.events_topic:
                 q = self.event_q.setdefault(p, deque())
-                for offset, value, key in zip(recs.offsets, recs.values, recs.keys, strict=True):
+                for m in recs:
                     try:
-                        q.append((offset, decode_event(value)))
+                        q.append((m.offset(), decode_event(m.value())))
                     except SchemaError as exc:
-                        self._dead_letter(topic, p, offset, value, key, exc.reason)
-                        self._skip(self.next_event_offset, self.skipped_events, q, p, offset)
+                        self._dead_letter(topic, p, m.offset(), m.value(), m.key(), exc.reason)
+                        self._skip(self.next_event_offset, self.skipped_events, q, p, m.offset())
             else:
                 q = self.label_q.setdefault(p, deque())
-                for offset, value, key, ts in zip(recs.offsets, recs.values, recs.keys, recs.timestamps, strict=True):
+                base_epoch = cfg.base_epoch
+                for m in recs:
                     try:
-                        lab = decode_label(value)
+                        lab = decode_label(m.value())
                     except SchemaError as exc:
-                        self._dead_letter(topic, p, offset, value, key, exc.reason)
-                        self._skip(self.next_label_offset, self.skipped_labels, q, p, offset)
+                        self._dead_letter(topic, p, m.offset(), m.value(), m.key(), exc.reason)
+                        self._skip(self.next_label_offset, self.skipped_labels, q, p, m.offset())
                         continue
                     # Arrival in event time: the record timestamp the producer stamped.
-                    q.append((offset, lab, ts // 1000 - cfg.base_epoch))
+                    q.append((m.offset(), lab, m.timestamp()[1] // 1000 - base_epoch))
 
     @staticmethod
     def _skip(next_offset: dict[int, int], skipped: dict[int, int], q: deque, partition: int, offset: int) -> None:
@@ -679,11 +680,14 @@ class StreamDetector:
                 continue
             while st.pending:
                 pend = st.pending[0]
-                if pend.k + spec.horizon > st.n_seen and st.last_malicious_secs < pend.secs:
-                    # Its window is not full and holds no malicious label (those events are
-                    # at or after the cutoff): resolve_window could only say "not yet".
-                    break
                 start = pend.k - st.base + spec.lead
+                if st.last_malicious_secs < pend.secs and (
+                        pend.k + spec.horizon > st.n_seen
+                        or st.recent[start + spec.window - 1][0] not in st.labels):  # fmt: skip
+                    # No malicious label in its window (those events are at or after the
+                    # cutoff), and the window is not full or its last label has not arrived:
+                    # resolve_window could only say "not yet".
+                    break
                 y = resolve_window(st.window_labels(start, start + spec.window), spec)
                 if y is None:
                     break
