@@ -77,7 +77,13 @@ def raw_rdkafka_rate(bootstrap: str, topic: str) -> tuple[int, float]:
     n = 0
     t0 = time.perf_counter()
     while n < total:
-        for m in consumer.consume(num_messages=50_000, timeout=1.0):
+        # What is queued, at once (with a timeout, consume waits for a full batch), as the
+        # detector's GroupSource.poll does; an empty queue waits for its first record.
+        batch = consumer.consume(num_messages=50_000, timeout=0)
+        if not batch:
+            first = consumer.poll(1.0)
+            batch = [first] if first is not None else []
+        for m in batch:
             if m.error() is None:
                 m.value()
                 n += 1
