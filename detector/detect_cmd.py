@@ -50,7 +50,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--learn-every-secs", type=int, default=300,
                         help="event-time step at which labels are applied and the online model learns")
     parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="checkpoint file (default: $CYBERSTREAM_HOME/detector-<group>.ckpt)")
+                        help="checkpoint file, one per running detector: give each member of a group "
+                             "its own (default: $CYBERSTREAM_HOME/detector-<group>.ckpt)")
     parser.add_argument("--checkpoint-every", type=float, default=10.0,
                         help="wall seconds between commits+checkpoints (default: %(default)s)")
     parser.add_argument("--max-events-per-connection", type=int, default=100_000,
@@ -80,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     from cyberstream.kafka_io import BrokerUnavailable, ensure_topics, resolve_bootstrap
     from detector.features import make_engine
     from detector.models import load_batch_model
-    from detector.stream import DetectorConfig, StreamDetector
+    from detector.stream import CheckpointInUse, DetectorConfig, StreamDetector, lock_checkpoint
     from training.model import ModelLoadError
 
     log = logging.getLogger("cyberstream.detect")
@@ -102,6 +103,11 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)  # fmt: skip
         return 2
     checkpoint = args.checkpoint or config.state_dir() / f"detector-{args.group_id}.ckpt"
+    try:
+        lock = lock_checkpoint(checkpoint)  # held until the process exits
+    except CheckpointInUse as exc:
+        print(f"cyberstream detect: {exc}", file=sys.stderr)
+        return 2
     cfg = DetectorConfig(
         bootstrap=bootstrap, group_id=args.group_id, events_topic=args.events_topic,
         labels_topic=args.labels_topic, alerts_topic=args.alerts_topic, dlq_topic=args.dlq_topic,
@@ -135,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
     _tune_gc()
     stats = detector.run()
     print(detector.summary(), file=sys.stderr)
+    lock.close()
     return 0 if stats is not None else 1
 
 

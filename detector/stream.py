@@ -26,6 +26,7 @@ reproduces exactly the alerts of an uninterrupted one):
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -39,7 +40,7 @@ from dataclasses import dataclass, field
 from itertools import groupby, islice
 from operator import itemgetter
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import pandas as pd
@@ -55,6 +56,31 @@ from training.labels import LabelSpec, resolve_window
 log = logging.getLogger(__name__)
 
 CHECKPOINT_VERSION = 1
+
+
+class CheckpointInUse(RuntimeError):
+    """Another running detector writes this checkpoint; the message says what to do."""
+
+
+def lock_checkpoint(path: Path) -> IO:
+    """Take the checkpoint's lock file (``<path>.lock``) for this process, or raise
+    :class:`CheckpointInUse`: two detectors writing one checkpoint would overwrite each
+    other's offsets and state. The lock goes when the returned file is closed or the
+    process ends, however it ends."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = open(path.with_name(path.name + ".lock"), "a+")
+    try:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "unknown"
+        lock.close()
+        raise CheckpointInUse(f"checkpoint {path} is in use by another detector (pid {holder}); give each "
+                              "member of a consumer group its own --checkpoint") from None  # fmt: skip
+    lock.truncate(0)
+    lock.write(str(os.getpid()))
+    lock.flush()
+    return lock
 
 
 @dataclass

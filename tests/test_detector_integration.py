@@ -132,8 +132,9 @@ def test_features_equal_the_featuretools_oracle(stream: dict, uninterrupted: dic
     oracle = feature_matrix(events, cutoffs, features, window, engine="oracle")
     mismatches = []
     for i, r in enumerate(rows):
+        oracle_row = oracle.iloc[i]  # one row extraction per cutoff, not per value
         for name, value in r["features"].items():
-            expected = oracle.iloc[i][name]
+            expected = oracle_row[name]
             if isinstance(expected, bool) or hasattr(expected, "item"):
                 expected = expected.item() if hasattr(expected, "item") else expected
             if not features_equal(value, expected):
@@ -295,3 +296,21 @@ def test_a_member_joining_mid_stream_takes_over_partitions_without_losing_or_rej
     assert sum(processed) == len(truth), "every event processed once across the two members"
     for err in (a_err, b_err):
         assert re.search(r"late events 0 ", err), err[-2000:]
+
+
+def test_a_second_detector_on_the_same_checkpoint_is_refused(stream: dict):
+    from detector.stream import lock_checkpoint
+
+    group = f"det-f-{uuid.uuid4().hex[:6]}"
+    held = lock_checkpoint(stream["root"] / f"{group}.ckpt")  # a detector that is running
+    try:
+        proc = subprocess.run([sys.executable, "-m", "cyberstream.cli",
+                               *_detect_args(stream, group, f"alerts-{group}", "--idle-timeout", "2")],
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+    finally:
+        held.close()
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"is in use by another detector (pid {os.getpid()})" in proc.stderr
+    assert "its own --checkpoint" in proc.stderr
+    # Once the first one is gone, the checkpoint is free again.
+    lock_checkpoint(stream["root"] / f"{group}.ckpt").close()
