@@ -22,6 +22,13 @@ reproduces exactly the alerts of an uninterrupted one):
 * **Restart.** Offsets come from the checkpoint (else the group's commits); each events
   partition's window is rebuilt by re-reading the log from the window's start (record
   timestamps are event time) without scoring, then consumption resumes.
+* **Rebalance.** Before partitions are revoked everything processed is committed; every
+  assignment then starts like a restart. A partition taken over from another member
+  resumes at that member's commit, and seconds resume from the earlier of the two event
+  times reached, so its events are not taken for late ones.
+* **Learning is deferred, not reordered.** A learning step is decided at its boundary and
+  learnt right after the next feature batch; each cutoff is scored with the model of its
+  own step (see :class:`ModelStep`), so batching changes no score.
 """
 
 from __future__ import annotations
