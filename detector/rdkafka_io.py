@@ -46,7 +46,9 @@ def consumer_config(bootstrap: str, group_id: str, client_id: str, **overrides: 
         # to the same member, so a detector owning events of partition p owns their labels.
         "partition.assignment.strategy": "range",
         "session.timeout.ms": 10_000,
-        "heartbeat.interval.ms": 1_000,
+        # Quick heartbeats: a member notices a rebalance (a member joining or leaving) within
+        # a quarter second, instead of processing on alone while the newcomer waits.
+        "heartbeat.interval.ms": 250,
         "max.poll.interval.ms": 600_000,
         "queued.max.messages.kbytes": 262_144,
         "fetch.max.bytes": 64 * 1024 * 1024,
