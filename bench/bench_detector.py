@@ -155,6 +155,22 @@ def group_rate(summaries: list[str]) -> tuple[int, float]:
     return events, events / max(last - first, 1e-9)
 
 
+def alert_quality(bootstrap: str, topic: str, data: Path, model_dir: Path) -> str:
+    """The alerts of one run against the ground truth, as `cyberstream alerts --summary` counts them."""
+    from detector.alert_summary import summarize
+    from training.data import read_events
+    from training.labels import LabelSpec
+
+    spec = json.loads((model_dir / "metadata.json").read_text()).get("label_spec") or {}
+    truth, _ = read_events(data, progress=False)
+    s = summarize(read_topic(bootstrap, topic), truth,
+                  spec=LabelSpec(**{k: int(v) for k, v in spec.items() if k in ("min_events", "lead", "window")}))  # fmt: skip
+    pct = lambda x: "-" if x is None else f"{x:.0%}"  # noqa: E731
+    return (f"{s.alerts} alerts on {s.connections_alerted} connections; {s.connection_tp} of "
+            f"{s.malicious_connections} malicious connections (recall {pct(s.recall)}, precision "
+            f"{pct(s.precision_connections)}); cutoff precision {pct(s.precision_cutoffs)}")
+
+
 class Watcher(threading.Thread):
     """Records the wall time at which each event (by log_id) became readable in Kafka."""
 
@@ -200,6 +216,7 @@ def main() -> int:
         with running_broker(args.bootstrap_servers) as bootstrap:
             # 1. throughput
             n_raw = raw_rate = rd_rate = busy = peak_mb = group_events = group_busy = group_peak = 0
+            quality: dict[str, str] = {}
             summary = "(skipped)"
             t = topics("tput")
             if not args.skip_throughput:
@@ -210,8 +227,12 @@ def main() -> int:
                 (summary,), peak_mb = detect(bootstrap, model_dir, t, args.features, work)
                 busy = group_rate([summary])[1]
                 if args.members > 1:
-                    summaries, group_peak = detect(bootstrap, model_dir, t, args.features, work, members=args.members)
+                    tg = {**t, "alerts": t["alerts"] + "-group"}
+                    summaries, group_peak = detect(bootstrap, model_dir, tg, args.features, work, members=args.members)
                     group_events, group_busy = group_rate(summaries)
+                quality = {"one detector": alert_quality(bootstrap, t["alerts"], data, model_dir)}
+                if args.members > 1:
+                    quality[f"{args.members} detectors"] = alert_quality(bootstrap, tg["alerts"], data, model_dir)
             # 2. latency, on a paced slice
             lt = topics("lat")
             ensure_topics(bootstrap, {lt["events"]: PARTITIONS, lt["labels"]: PARTITIONS})
@@ -245,6 +266,8 @@ def main() -> int:
     if group_events:
         print(f"\n{args.members} detectors in one group: {group_events:,} events, {group_busy:,.0f} events/s "
               f"({group_busy / max(raw_rate, 1):.0%} of kafka-python's raw rate); largest peak RSS {group_peak:,.0f} MB")
+    for label, figures in quality.items():
+        print(f"alerts of {label}: {figures}")
     print(f"\n== latency, event published -> alert ({args.latency_hours:g} h of event time at "
           f"{args.latency_speed:g}x real time)")  # fmt: skip
     if "error" in results:
