@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cyberstream.broker import running_broker  # noqa: E402
 from cyberstream.kafka_io import ensure_topics, make_consumer, read_topic  # noqa: E402
+from detector.rdkafka_io import take  # noqa: E402
 
 PARTITIONS = 4
 
@@ -77,13 +78,7 @@ def raw_rdkafka_rate(bootstrap: str, topic: str) -> tuple[int, float]:
     n = 0
     t0 = time.perf_counter()
     while n < total:
-        # What is queued, at once (with a timeout, consume waits for a full batch), as the
-        # detector's GroupSource.poll does; an empty queue waits for its first record.
-        batch = consumer.consume(num_messages=50_000, timeout=0)
-        if not batch:
-            first = consumer.poll(1.0)
-            batch = [first] if first is not None else []
-        for m in batch:
+        for m in take(consumer, 50_000, 1.0):  # as the detector's GroupSource.poll takes them
             if m.error() is None:
                 m.value()
                 n += 1

@@ -59,6 +59,19 @@ def consumer_config(bootstrap: str, group_id: str, client_id: str, **overrides: 
     return conf
 
 
+def take(consumer: Consumer, max_records: int, timeout: float) -> list[Message]:
+    """Up to ``max_records`` messages: what is queued, at once; an empty queue waits up to
+    ``timeout`` seconds for its first message only. (``consume`` with a timeout waits until
+    the batch is full, which costs its whole timeout whenever fewer records are left.)"""
+    messages = consumer.consume(num_messages=max_records, timeout=0)
+    if messages:
+        return messages
+    first = consumer.poll(timeout)
+    if first is None:
+        return []
+    return [first, *consumer.consume(num_messages=max_records - 1, timeout=0)]
+
+
 class GroupSource:
     """A consumer-group member over ``topics`` (see the module docstring).
 
@@ -111,14 +124,7 @@ class GroupSource:
         """Up to ``max_records`` records, grouped by partition in offset order (rebalances
         happen in here). The records are librdkafka's messages: ``offset()``, ``value()``,
         ``key()``, ``timestamp()[1]`` (ms; the producer's, i.e. event time)."""
-        # consume() with a timeout waits for a full batch; what is queued is taken at once,
-        # and an empty queue waits only for its first record (latency).
-        messages = self._consumer.consume(num_messages=max_records, timeout=0)
-        if not messages:
-            first = self._consumer.poll(timeout)
-            if first is None:
-                return {}
-            messages = [first, *self._consumer.consume(num_messages=max_records - 1, timeout=0)]
+        messages = take(self._consumer, max_records, timeout)
         out: dict[Partition, list[Message]] = {}
         for m in messages:
             err = m.error()
@@ -187,7 +193,7 @@ def read_partition(
         while pos < end_offset:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{topic}[{partition}]: offsets {pos}..{end_offset - 1} not readable in 120 s")
-            for m in reader.consume(num_messages=10_000, timeout=1.0):
+            for m in take(reader, 10_000, 1.0):
                 if m.error() is not None:
                     continue
                 if m.offset() >= end_offset:

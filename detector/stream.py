@@ -380,6 +380,7 @@ class StreamDetector:
     def _rebuild(self, partition: int, end_offset: int) -> None:
         """Re-read partition's events of the window before ``end_offset`` into the engine."""
         cfg = self.cfg
+        t0 = time.monotonic()
         client = f"{cfg.group_id}-rebuild"
         if self.processed_secs >= 0:
             from_secs = self.processed_secs - cfg.window_secs + 1
@@ -399,8 +400,8 @@ class StreamDetector:
             n += 1
         self.stats.rebuilt += n
         if start is not None:
-            log.info("partition %d: rebuilt the window from %d events (offsets %d..%d)", partition, n, start,
-                     end_offset - 1)  # fmt: skip
+            log.info("partition %d: rebuilt the window from %d events (offsets %d..%d) in %.2f s", partition, n,
+                     start, end_offset - 1, time.monotonic() - t0)  # fmt: skip
 
     # ------------------------------------------------------------------ input
     def _enqueue(self, records: dict[Partition, list]) -> None:
