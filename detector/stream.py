@@ -326,6 +326,7 @@ class StreamDetector:
         """Hand the partitions over with everything processed so far committed (the alerts
         acknowledged, the checkpoint written); the assignment that follows starts afresh
         from the checkpoint and the log."""
+        log.info("partitions revoked: %s", ", ".join(f"{t}[{p}]" for t, p in sorted(revoked)) or "none")
         try:
             self._commit()
         except Exception as exc:  # partitions lost to a session timeout: the next owner redoes the work
@@ -335,6 +336,7 @@ class StreamDetector:
         """Restore what the checkpoint holds for the new assignment, rebuild every window,
         and return the offset each partition resumes at (None: the log start)."""
         cfg = self.cfg
+        log.info("partitions assigned: %s", ", ".join(f"{t}[{p}]" for t, p in sorted(assigned)) or "none")
         self._reset_stream_state()
         parts = sorted({p for topic, p in assigned if topic == cfg.events_topic})
         label_parts = sorted({p for topic, p in assigned if topic == cfg.labels_topic})
@@ -593,7 +595,9 @@ class StreamDetector:
                 st.pending.append(pend)
                 self.queued.append((c, s, last_log[c], pend, self.step))
         self.stats.feature_secs += time.perf_counter() - t0
-        self.processed_secs = s
+        # A second before the last one processed held only late events (dead-lettered above):
+        # event time does not go back, or the next events of that partition would pass as on time.
+        self.processed_secs = max(self.processed_secs, s)
 
     def _compute_features(self) -> None:
         """Features of the queued cutoffs (one engine call) and their online scores.

@@ -314,3 +314,43 @@ def test_a_second_detector_on_the_same_checkpoint_is_refused(stream: dict):
     assert "its own --checkpoint" in proc.stderr
     # Once the first one is gone, the checkpoint is free again.
     lock_checkpoint(stream["root"] / f"{group}.ckpt").close()
+
+
+def test_late_events_of_a_lagging_partition_are_dead_lettered_and_event_time_never_goes_back(stream: dict):
+    """A partition whose first records arrive after the others have run ahead (a live
+    producer writes partitions a little apart): its events before the processed event time
+    are late, and the seconds they fall in must not move the detector's event time back."""
+    from collections import deque
+
+    from cyberstream.schema import Event
+    from detector.features import make_engine
+    from detector.models import load_batch_model
+    from detector.stream import DetectorConfig, StreamDetector
+
+    model = load_batch_model(stream["models"])
+    group = f"det-g-{uuid.uuid4().hex[:6]}"
+    cfg = DetectorConfig(
+        bootstrap=stream["bootstrap"], group_id=group, events_topic="ev-unused", labels_topic="lab-unused",
+        alerts_topic=f"alerts-{group}", dlq_topic=f"dlq-{group}", checkpoint_path=stream["root"] / f"{group}.ckpt",
+        kind=model.kind, window_secs=model.window_secs, label_spec=model.label_spec, threshold=model.threshold,
+    )  # fmt: skip
+    detector = StreamDetector(cfg, model, lambda: make_engine("compiled", model.features, model.window_secs),
+                              model.explainer())  # fmt: skip
+
+    def event(log_id: int, secs: int, user: str) -> Event:
+        return Event(log_id, secs, f"{user}@DOM1", f"{user}@DOM1", "C1", "C2", "NTLM", "Network", "LogOn", "Success")
+
+    detector.event_q = {0: deque((i, event(i, secs, "U1")) for i, secs in enumerate((100, 200, 278))), 1: deque()}
+    detector._advance(final=True)
+    detector._flush_scores()  # features computed at 278: the engine cannot take earlier events any more
+    assert detector.processed_secs == 278
+    detector.event_q[1].extend((i, event(10 + i, secs, "U2")) for i, secs in enumerate((21, 30)))
+    detector.event_q[0].append((3, event(3, 300, "U1")))
+    detector._advance(final=True)
+    assert detector.stats.late == 2
+    assert detector.processed_secs == 300
+    assert detector.stats.events == 4
+    detector.producer.flush()
+    letters = read_topic(stream["bootstrap"], cfg.dlq_topic)
+    assert sorted(d["source"] for d in letters) == ["ev-unused[1]@0", "ev-unused[1]@1"]
+    assert all("late event" in d["reason"] for d in letters)
