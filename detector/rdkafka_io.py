@@ -96,10 +96,6 @@ class GroupSource:
         self._closing = False
         self._consumer.subscribe(topics, on_assign=self._assign, on_revoke=self._revoke, on_lost=self._revoke)
 
-    @property
-    def assigned(self) -> set[Partition]:
-        return set(self.fetched)
-
     def _assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         parts = [(tp.topic, tp.partition) for tp in partitions]
         starts = self._on_assign(parts)
