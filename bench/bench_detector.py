@@ -150,16 +150,19 @@ def group_rate(summaries: list[str]) -> tuple[int, float]:
     return events, events / max(last - first, 1e-9)
 
 
-def alert_quality(bootstrap: str, topic: str, data: Path, model_dir: Path) -> str:
-    """The alerts of one run against the ground truth, as `cyberstream alerts --summary` counts them."""
+def alert_quality(bootstrap: str, topics: list[str], data: Path, model_dir: Path) -> list[str]:
+    """The alerts of each run (its alert topic) against the ground truth, as
+    `cyberstream alerts --summary` counts them."""
     from detector.alert_summary import summarize
+    from detector.models import load_batch_model
     from training.data import read_events
-    from training.labels import LabelSpec
 
-    spec = json.loads((model_dir / "metadata.json").read_text()).get("label_spec") or {}
+    spec = load_batch_model(model_dir).label_spec
     truth, _ = read_events(data, progress=False)
-    s = summarize(read_topic(bootstrap, topic), truth,
-                  spec=LabelSpec(**{k: int(v) for k, v in spec.items() if k in ("min_events", "lead", "window")}))  # fmt: skip
+    return [_figures(summarize(read_topic(bootstrap, topic), truth, spec=spec)) for topic in topics]
+
+
+def _figures(s) -> str:
     pct = lambda x: "-" if x is None else f"{x:.0%}"  # noqa: E731
     return (f"{s.alerts} alerts on {s.connections_alerted} connections; {s.connection_tp} of "
             f"{s.malicious_connections} malicious connections (recall {pct(s.recall)}, precision "
@@ -225,9 +228,10 @@ def main() -> int:
                     tg = {**t, "alerts": t["alerts"] + "-group"}
                     summaries, group_peak = detect(bootstrap, model_dir, tg, args.features, work, members=args.members)
                     group_events, group_busy = group_rate(summaries)
-                quality = {"one detector": alert_quality(bootstrap, t["alerts"], data, model_dir)}
+                runs = {"one detector": t["alerts"]}
                 if args.members > 1:
-                    quality[f"{args.members} detectors"] = alert_quality(bootstrap, tg["alerts"], data, model_dir)
+                    runs[f"{args.members} detectors"] = tg["alerts"]
+                quality = dict(zip(runs, alert_quality(bootstrap, list(runs.values()), data, model_dir), strict=True))
             # 2. latency, on a paced slice
             lt = topics("lat")
             ensure_topics(bootstrap, {lt["events"]: PARTITIONS, lt["labels"]: PARTITIONS})

@@ -352,12 +352,12 @@ class StreamDetector:
         for p in label_parts:
             self.label_q.setdefault(p, deque())
         saved = (ckpt or {}).get("offsets", {})
-        missing = [(topic, p) for topic, p in assigned
-                   if saved.get("events" if topic == cfg.events_topic else "labels", {}).get(p) is None]  # fmt: skip
+        key_of = {cfg.events_topic: "events", cfg.labels_topic: "labels"}  # the checkpoint's names
+        missing = [(topic, p) for topic, p in assigned if saved.get(key_of[topic], {}).get(p) is None]
         committed = self.source.committed(missing) if missing else {}
         starts: dict[Partition, int | None] = {}
         for topic, p in assigned:
-            key = "events" if topic == cfg.events_topic else "labels"
+            key = key_of[topic]
             start = saved.get(key, {}).get(p)
             if start is None:
                 start = committed.get((topic, p))
@@ -600,12 +600,13 @@ class StreamDetector:
         self.processed_secs = max(self.processed_secs, s)
 
     def _compute_features(self) -> None:
-        """Features of the queued cutoffs (one engine call) and their online scores.
+        """Features of the queued cutoffs (one engine call), the learning steps decided
+        since the last batch, and the cutoffs' online scores.
 
         Features depend on events only, so they are computed in large batches: when the
-        batch is full, when no complete second is left, at commit points, and when learning
-        needs a cutoff's inputs. Each cutoff's online score uses the model of its own
-        learning step (the snapshot queued with it), so batching changes no score.
+        batch is full, when no complete second is left, and at commit points. Each cutoff's
+        online score uses the model of its own learning step (the step queued with it),
+        so batching changes no score.
         """
         if not self.queued:
             self._learn_steps()
