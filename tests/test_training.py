@@ -330,6 +330,36 @@ def test_artifact_round_trip_scores_the_same(trained_dir, events):
     np.testing.assert_allclose(loaded.score(raw), loaded.score(ours), rtol=1e-12)
 
 
+def _raw_features(rng: np.random.Generator, n: int, values: list) -> pd.DataFrame:
+    """A raw feature frame as the engines return it: floats with NaN and inf, a categorical
+    column with missing values, an object column with None."""
+    a = rng.normal(size=n)
+    a[rng.random(n) < 0.1] = np.nan
+    a[rng.random(n) < 0.02] = np.inf
+    return pd.DataFrame({
+        "a": a, "b": pd.array(rng.integers(0, 5, n), dtype="Int64"),
+        "c1": pd.Categorical(rng.choice(values, n), categories=sorted({v for v in values if v is not None})),
+        "c2": pd.Series(rng.choice(values, n), dtype=object),
+    })  # fmt: skip
+
+
+def test_the_fast_scorer_gives_the_pipelines_scores_exactly():
+    rng = np.random.default_rng(3)
+    train = _raw_features(rng, 600, ["x", "y", "z", None])
+    train["c1"] = train["c1"].cat.add_categories("rare")
+    train.loc[:2, ["c1", "c2"]] = "rare"  # below min_frequency: the encoder's "infrequent" column
+    y = (train.a.fillna(0) + (train.c2 == "y") + rng.normal(size=600) > 1).to_numpy()
+    pipe = model.build_pipeline("hist_gradient_boosting", ["a", "b"], ["c1", "c2"]).fit(train, y)
+    scorer = model.PipelineScorer.of(pipe)
+    assert scorer is not None
+    for seed in (0, 1):  # unseen values, infrequent ones, missing ones; the second call hits the cache
+        X = _raw_features(np.random.default_rng(seed), 500, ["x", "y", "z", "rare", "unseen", None])
+        np.testing.assert_array_equal(scorer.scores(X), model.scores(pipe, X))
+    assert len(scorer._encoded) > 10  # combinations were encoded once each
+    lr = model.build_pipeline("logistic_regression", ["a", "b"], ["c1", "c2"]).fit(train.fillna({"a": 0}).replace(np.inf, 0), y)
+    assert model.PipelineScorer.of(lr) is None  # its numeric columns do not pass through: the pipeline scores
+
+
 def test_load_refuses_a_changed_model_file(trained_dir, tmp_path):
     copy = tmp_path / "m"
     shutil.copytree(trained_dir, copy)

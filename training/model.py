@@ -32,7 +32,7 @@ import json
 import logging
 import os
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +133,91 @@ def build_pipeline(name: str, numeric: list[str], categorical: list[str], seed: 
 def scores(pipeline: Pipeline, X: pd.DataFrame) -> np.ndarray:
     """Probability of the positive class for each row of the raw feature DataFrame."""
     return pipeline.predict_proba(X)[:, 1]
+
+
+class PipelineScorer:
+    """:func:`scores` for pipelines whose numeric columns pass through unchanged (the
+    gradient boosting one), with the categorical encoding cached.
+
+    The pipeline's own path rebuilds a DataFrame, string columns and their one-hot block
+    for every call: about as long as the trees take. Here the numeric block is coerced as
+    :func:`coerce_features` does, and each distinct combination of categorical values
+    (a few hundred in ten days) is encoded once, by the pipeline's own fitted
+    ColumnTransformer, and then reused; the classifier gets the same matrix, so the
+    scores are identical (``tests/test_training.py`` checks they are equal).
+    """
+
+    def __init__(self, pipeline: Pipeline):
+        self.pipeline = pipeline
+        coerce, columns = pipeline.named_steps["coerce"], pipeline.named_steps["columns"]
+        self.numeric = list(coerce.kw_args["numeric"])
+        self.categorical = list(coerce.kw_args["categorical"])
+        self.columns = columns
+        self.classifier = pipeline.steps[-1][1]
+        self.width = columns.output_indices_["categorical"].stop
+        self._encoded: dict[tuple, np.ndarray] = {}
+
+    @classmethod
+    def of(cls, pipeline: Pipeline) -> PipelineScorer | None:
+        """The scorer for ``pipeline``, or None when it is not of the shape this path reproduces."""
+        try:
+            coerce, columns = pipeline.named_steps["coerce"], pipeline.named_steps["columns"]
+            spec = {name: (t, list(cols)) for name, t, cols in columns.transformers}
+            ok = (list(pipeline.named_steps) == ["coerce", "columns", "classifier"]
+                  and spec["numeric"] == ("passthrough", list(coerce.kw_args["numeric"]))
+                  and spec["categorical"][1] == list(coerce.kw_args["categorical"])
+                  and columns.output_indices_["numeric"] == slice(0, len(coerce.kw_args["numeric"]))
+                  and columns.output_indices_["remainder"].stop - columns.output_indices_["remainder"].start == 0
+                  and not hasattr(pipeline.steps[-1][1], "feature_names_in_"))  # fmt: skip
+        except (AttributeError, KeyError, TypeError):
+            return None
+        return cls(pipeline) if ok else None
+
+    def scores(self, X: pd.DataFrame) -> np.ndarray:
+        """``scores(pipeline, X)``, computed faster."""
+        n = len(X)
+        try:
+            values = X[self.numeric].to_numpy(dtype="float64", na_value=np.nan)
+        except (TypeError, ValueError):  # strings among the numeric columns: the pipeline coerces them
+            return scores(self.pipeline, X)
+        matrix = np.empty((n, self.width))
+        matrix[:, : len(self.numeric)] = values
+        matrix[:, : len(self.numeric)][~np.isfinite(values)] = np.nan
+        if self.categorical and n:
+            names, codes = [], np.empty((n, len(self.categorical)), dtype=np.int64)
+            for j, c in enumerate(self.categorical):
+                col = X[c]
+                if isinstance(col.dtype, pd.CategoricalDtype):  # coerce_features' names, code -1 = missing
+                    names.append(np.append(col.cat.categories.astype(str).to_numpy(dtype=object), MISSING_CATEGORY))
+                    codes[:, j] = col.cat.codes.to_numpy()
+                else:
+                    col = col.astype(object)
+                    codes[:, j], uniques = pd.factorize(col.where(pd.notna(col), MISSING_CATEGORY).astype(str))
+                    names.append(np.asarray(uniques, dtype=object))
+            # One integer per row (mixed radix of the codes) makes the distinct rows a fast 1-d unique.
+            radix = np.cumprod([1] + [len(v) for v in names[:-1]], dtype=np.float64)
+            if radix[-1] * len(names[-1]) < 2**62:
+                flat = (codes % np.array([len(v) for v in names])) @ radix.astype(np.int64)
+                first, inverse = np.unique(flat, return_index=True, return_inverse=True)[1:]
+                combos = codes[first]
+            else:
+                combos, inverse = np.unique(codes, axis=0, return_inverse=True)
+            keys = [tuple(names[j][code] for j, code in enumerate(row)) for row in combos.tolist()]
+            self._encode([k for k in keys if k not in self._encoded])
+            block = np.vstack([self._encoded[k] for k in keys])
+            matrix[:, len(self.numeric) :] = block[inverse.reshape(-1)]
+        return self.classifier.predict_proba(matrix)[:, 1]
+
+    def _encode(self, keys: list[tuple]) -> None:
+        """One-hot blocks of new combinations, through the fitted ColumnTransformer itself."""
+        if not keys:
+            return
+        frame = pd.DataFrame(np.nan, index=range(len(keys)), columns=self.numeric)
+        for j, c in enumerate(self.categorical):
+            frame[c] = [k[j] for k in keys]
+        block = self.columns.transform(frame)[:, len(self.numeric) :]
+        for k, row in zip(keys, np.asarray(block, dtype="float64"), strict=True):
+            self._encoded[k] = row
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -255,6 +340,7 @@ class TrainedModel:
     pipeline: Pipeline
     features: list  # featuretools feature definitions, in the pipeline's column order
     metadata: dict[str, Any]
+    _scorer: Any = field(default=None, init=False, repr=False)  # PipelineScorer, False: none applies
 
     @property
     def feature_names(self) -> list[str]:
@@ -266,7 +352,10 @@ class TrainedModel:
 
     def score(self, feature_df: pd.DataFrame) -> np.ndarray:
         """Scores of the rows of a raw feature DataFrame (columns: :attr:`feature_names`)."""
-        return scores(self.pipeline, feature_df[self.feature_names])
+        X = feature_df[self.feature_names]
+        if self._scorer is None:
+            self._scorer = PipelineScorer.of(self.pipeline) or False
+        return self._scorer.scores(X) if self._scorer else scores(self.pipeline, X)
 
 
 def load_model(model_dir: str | os.PathLike) -> TrainedModel:
