@@ -697,50 +697,58 @@ class StreamDetector:
     def _learn_until(self, boundary: int) -> None:
         """Apply labels that arrived before ``boundary``; learn from the cutoffs they resolve."""
         spec = self.cfg.label_spec
-        dirty: set[str] = set()
+        conns = self.conns
+        dirty: dict[str, ConnState] = {}
+        applied = 0
         for p, q in self.label_q.items():
+            offset = None
             while q and q[0][2] < boundary:
                 offset, lab, arrival = q.popleft()
-                self.next_label_offset[p] = offset + 1
-                st = self.conns.get(lab.connection)
+                conn = lab.connection
+                st = dirty.get(conn) or conns.get(conn)
                 if st is None:
-                    st = self.conns[lab.connection] = ConnState(partition=p)
+                    st = conns[conn] = ConnState(partition=p)
                 st.labels[lab.log_id] = (lab.malicious, lab.secs, arrival)
                 if lab.malicious and lab.secs > st.last_malicious_secs:
                     st.last_malicious_secs = lab.secs
-                dirty.add(lab.connection)
-                self.stats.labels += 1
+                dirty[conn] = st
+                applied += 1
+            if offset is not None:
+                self.next_label_offset[p] = offset + 1
             if not q:
                 self._drained(self.next_label_offset, self.skipped_labels, p)
+        self.stats.labels += applied
+        lead, width, horizon = spec.lead, spec.window, spec.horizon
         resolved, ys, order = [], [], []
         for conn in sorted(dirty):
-            st = self.conns[conn]
+            st = dirty[conn]
             if not st.pending:
                 continue
+            labels, recent = st.labels, st.recent
             while st.pending:
                 pend = st.pending[0]
-                start = pend.k - st.base + spec.lead
-                if st.last_malicious_secs < pend.secs and (
-                        pend.k + spec.horizon > st.n_seen
-                        or st.recent[start + spec.window - 1][0] not in st.labels):  # fmt: skip
-                    # No malicious label in its window (those events are at or after the
-                    # cutoff), and the window is not full or its last label has not arrived:
-                    # resolve_window could only say "not yet".
-                    break
-                y = resolve_window(st.window_labels(start, start + spec.window), spec)
-                if y is None:
-                    break
+                start = pend.k - st.base + lead
+                if st.last_malicious_secs < pend.secs:
+                    # No malicious label in its window (those events are at or after the cutoff):
+                    # it resolves to False once the window is full and all its labels arrived.
+                    if (pend.k + horizon > st.n_seen or recent[start + width - 1][0] not in labels
+                            or not all(lid in labels for lid, _ in islice(recent, start, start + width))):  # fmt: skip
+                        break
+                    y = False
+                else:
+                    y = resolve_window(st.window_labels(start, start + width), spec)
+                    if y is None:
+                        break
                 st.pending.popleft()
                 order.append((pend.secs, conn))
                 if self.learn_log is not None:
-                    used = [st.labels[lid][2] for lid, _ in islice(st.recent, start, start + spec.window)
-                            if lid in st.labels]  # fmt: skip
+                    used = [labels[lid][2] for lid, _ in islice(recent, start, start + width) if lid in labels]
                     self.learn_log.append((boundary, conn, pend.secs, y, used))
                 resolved.append(pend)
                 ys.append(y)
             st.prune(spec)
         if resolved:
-            idx = sorted(range(len(resolved)), key=lambda i: order[i])
+            idx = sorted(range(len(resolved)), key=order.__getitem__)
             self.step = ModelStep(pending=[resolved[i] for i in idx], labels=[ys[i] for i in idx])
             self.unlearnt.append(self.step)
             self.stats.learned += len(resolved)
@@ -750,7 +758,7 @@ class StreamDetector:
         """Learn the decided steps in order (their cutoffs' features are all computed by now:
         a step only learns from cutoffs queued before its boundary)."""
         for step in self.unlearnt:
-            self.online.learn_values(np.vstack([pend.x for pend in step.pending]), np.array(step.labels, dtype=bool))
+            self.online.learn_values(np.array([pend.x for pend in step.pending]), np.array(step.labels, dtype=bool))
             step.snapshot = self.online.snapshot()
             step.pending = []  # the inputs are learnt: do not keep them alive
         self.unlearnt.clear()
