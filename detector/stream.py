@@ -612,13 +612,13 @@ class StreamDetector:
             self._learn_steps()
             return
         t0 = time.perf_counter()
-        features = self.engine.features_at([(c, s) for c, s, *_ in self.queued])
+        features = self.engine.features_at([row[:2] for row in self.queued])
         features = features.reset_index(drop=True)
         self.engine.advance(self.processed_secs)
         t1 = time.perf_counter()
         xs = features.reindex(columns=self.online_cols).to_numpy(dtype="float64", na_value=np.nan)
-        for i, (*_, pend, _) in enumerate(self.queued):
-            pend.x = xs[i]
+        for row, x in zip(self.queued, xs, strict=True):
+            row[3].x = x  # the cutoff's Pending: the online model learns from it later
         self._learn_steps()
         scores = np.full(len(self.queued), np.nan)
         weights = np.zeros(len(self.queued))
