@@ -150,6 +150,16 @@ def group_rate(summaries: list[str]) -> tuple[int, float]:
     return events, events / max(last - first, 1e-9)
 
 
+def member_lines(summaries: list[str]) -> list[str]:
+    """Each member's share of the events and its own busy rate: how evenly the key hash
+    spread the work, and how fast one member ran beside the others."""
+    lines = []
+    for i, s in enumerate(summaries):
+        events, rate = group_rate([s])
+        lines.append(f"  member {i + 1}: {events:,} events, {rate:,.0f} events/s from its first event to its last")
+    return lines
+
+
 def alert_quality(bootstrap: str, topics: list[str], data: Path, model_dir: Path) -> list[str]:
     """The alerts of each run (its alert topic) against the ground truth, as
     `cyberstream alerts --summary` counts them."""
@@ -214,6 +224,7 @@ def main() -> int:
         with running_broker(args.bootstrap_servers) as bootstrap:
             # 1. throughput
             n_raw = raw_rate = rd_rate = busy = peak_mb = group_events = group_busy = group_peak = 0
+            summaries: list[str] = []
             quality: dict[str, str] = {}
             summary = "(skipped)"
             t = topics("tput")
@@ -265,6 +276,7 @@ def main() -> int:
     if group_events:
         print(f"\n{args.members} detectors in one group: {group_events:,} events, {group_busy:,.0f} events/s "
               f"({group_busy / max(raw_rate, 1):.0%} of kafka-python's raw rate); largest peak RSS {group_peak:,.0f} MB")
+        print("\n".join(member_lines(summaries)))
     for label, figures in quality.items():
         print(f"alerts of {label}: {figures}")
     print(f"\n== latency, event published -> alert ({args.latency_hours:g} h of event time at "
