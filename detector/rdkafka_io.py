@@ -59,17 +59,28 @@ def consumer_config(bootstrap: str, group_id: str, client_id: str, **overrides: 
     return conf
 
 
-def take(consumer: Consumer, max_records: int, timeout: float) -> list[Message]:
+def take(consumer: Consumer, max_records: int, timeout: float,
+         generation: Callable[[], int] | None = None) -> list[Message]:  # fmt: skip
     """Up to ``max_records`` messages: what is queued, at once; an empty queue waits up to
     ``timeout`` seconds for its first message only. (``consume`` with a timeout waits until
-    the batch is full, which costs its whole timeout whenever fewer records are left.)"""
+    the batch is full, which costs its whole timeout whenever fewer records are left.)
+
+    ``generation`` (a group member's count of rebalances) guards the one place where two
+    librdkafka calls are joined: when a rebalance runs in the second, the first message
+    belongs to the old assignment. It is left out; the new assignment positions its
+    partition again, so it is fetched again if the partition is still ours.
+    """
     messages = consumer.consume(num_messages=max_records, timeout=0)
     if messages:
         return messages
     first = consumer.poll(timeout)
     if first is None:
         return []
-    return [first, *consumer.consume(num_messages=max_records - 1, timeout=0)]
+    before = generation() if generation is not None else None
+    rest = consumer.consume(num_messages=max_records - 1, timeout=0)
+    if generation is not None and generation() != before:
+        return rest
+    return [first, *rest]
 
 
 class GroupSource:
@@ -94,9 +105,11 @@ class GroupSource:
         #: assigned partition -> offset after the last record handed over (or its start)
         self.fetched: dict[Partition, int] = {}
         self._closing = False
+        self._generation = 0  # assignments and revocations so far
         self._consumer.subscribe(topics, on_assign=self._assign, on_revoke=self._revoke, on_lost=self._revoke)
 
     def _assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._generation += 1
         parts = [(tp.topic, tp.partition) for tp in partitions]
         starts = self._on_assign(parts)
         positioned = []
@@ -109,6 +122,7 @@ class GroupSource:
         consumer.assign(positioned)
 
     def _revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._generation += 1
         parts = [(tp.topic, tp.partition) for tp in partitions]
         for part in parts:
             self.fetched.pop(part, None)
@@ -120,7 +134,7 @@ class GroupSource:
         """Up to ``max_records`` records, grouped by partition in offset order (rebalances
         happen in here). The records are librdkafka's messages: ``offset()``, ``value()``,
         ``key()``, ``timestamp()[1]`` (ms; the producer's, i.e. event time)."""
-        messages = take(self._consumer, max_records, timeout)
+        messages = take(self._consumer, max_records, timeout, generation=lambda: self._generation)
         out: dict[Partition, list[Message]] = {}
         for m in messages:
             err = m.error()
