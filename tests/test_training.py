@@ -356,6 +356,8 @@ def test_the_fast_scorer_gives_the_pipelines_scores_exactly():
         X = _raw_features(np.random.default_rng(seed), 500, ["x", "y", "z", "rare", "unseen", None])
         np.testing.assert_array_equal(scorer.scores(X), model.scores(pipe, X))
     assert len(scorer._encoded) > 10  # combinations were encoded once each
+    scorer.MAX_CACHED = 5  # a cache that starts again on every call scores the same
+    np.testing.assert_array_equal(scorer.scores(X), model.scores(pipe, X))
     lr = model.build_pipeline("logistic_regression", ["a", "b"], ["c1", "c2"]).fit(train.fillna({"a": 0}).replace(np.inf, 0), y)
     assert model.PipelineScorer.of(lr) is None  # its numeric columns do not pass through: the pipeline scores
 

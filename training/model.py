@@ -142,10 +142,12 @@ class PipelineScorer:
     The pipeline's own path rebuilds a DataFrame, string columns and their one-hot block
     for every call: about as long as the trees take. Here the numeric block is coerced as
     :func:`coerce_features` does, and each distinct combination of categorical values
-    (a few hundred in ten days) is encoded once, by the pipeline's own fitted
+    (63 in three days of the generated traffic) is encoded once, by the pipeline's own fitted
     ColumnTransformer, and then reused; the classifier gets the same matrix, so the
     scores are identical (``tests/test_training.py`` checks they are equal).
     """
+
+    MAX_CACHED = 100_000  # combinations kept; the cache starts again beyond that
 
     def __init__(self, pipeline: Pipeline):
         self.pipeline = pipeline
@@ -203,6 +205,8 @@ class PipelineScorer:
             else:
                 combos, inverse = np.unique(codes, axis=0, return_inverse=True)
             keys = [tuple(names[j][code] for j, code in enumerate(row)) for row in combos.tolist()]
+            if len(self._encoded) + len(keys) > self.MAX_CACHED:  # bounded memory, whatever the vocabularies
+                self._encoded.clear()
             self._encode([k for k in keys if k not in self._encoded])
             block = np.vstack([self._encoded[k] for k in keys])
             matrix[:, len(self.numeric) :] = block[inverse.reshape(-1)]
