@@ -235,12 +235,11 @@ def main() -> int:
                 _, rd_rate = raw_rdkafka_rate(bootstrap, t["events"])
                 (summary,), peak_mb = detect(bootstrap, model_dir, t, args.features, work)
                 busy = group_rate([summary])[1]
+                runs = {"one detector": t["alerts"]}
                 if args.members > 1:
                     tg = {**t, "alerts": t["alerts"] + "-group"}
                     summaries, group_peak = detect(bootstrap, model_dir, tg, args.features, work, members=args.members)
                     group_events, group_busy = group_rate(summaries)
-                runs = {"one detector": t["alerts"]}
-                if args.members > 1:
                     runs[f"{args.members} detectors"] = tg["alerts"]
                 quality = dict(zip(runs, alert_quality(bootstrap, list(runs.values()), data, model_dir), strict=True))
             # 2. latency, on a paced slice

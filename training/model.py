@@ -32,7 +32,8 @@ import json
 import logging
 import os
 import platform
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -68,27 +69,39 @@ class ModelLoadError(RuntimeError):
 # ----------------------------------------------------------------------------- pipelines
 
 
-def coerce_features(X: pd.DataFrame, numeric: list[str], categorical: list[str]) -> pd.DataFrame:
-    """Numeric columns as float64 (inf -> NaN), categorical ones as strings (missing -> a marker).
-
-    Module-level so that pickled pipelines can find it (``training.model.coerce_features``).
-    """
-    try:  # one block for all numeric columns (the detector calls this on every batch)
+def numeric_values(X: pd.DataFrame, numeric: list[str]) -> np.ndarray:
+    """The numeric columns as one float64 block, inf as NaN (strings among them coerced)."""
+    try:  # one block for all numeric columns (the detector scores every batch)
         values = X[numeric].to_numpy(dtype="float64", na_value=np.nan)
     except (TypeError, ValueError):  # strings among them: coerce column by column
         values = np.column_stack(
             [pd.to_numeric(X[c], errors="coerce").to_numpy(dtype="float64", na_value=np.nan) for c in numeric]
         )
     values[~np.isfinite(values)] = np.nan
-    out = pd.DataFrame(values, index=X.index, columns=numeric)
+    return values
+
+
+def category_codes(col: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """A categorical feature column as codes into its names (strings; missing as a marker)."""
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        names = np.append(col.cat.categories.astype(str).to_numpy(dtype=object), MISSING_CATEGORY)
+        codes = col.cat.codes.to_numpy().astype(np.int64)
+        codes[codes < 0] = len(names) - 1  # missing: the marker
+        return codes, names
+    col = col.astype(object)
+    codes, names = pd.factorize(col.where(pd.notna(col), MISSING_CATEGORY).astype(str))
+    return codes.astype(np.int64), np.asarray(names, dtype=object)
+
+
+def coerce_features(X: pd.DataFrame, numeric: list[str], categorical: list[str]) -> pd.DataFrame:
+    """Numeric columns as float64 (inf -> NaN), categorical ones as strings (missing -> a marker).
+
+    Module-level so that pickled pipelines can find it (``training.model.coerce_features``).
+    """
+    out = pd.DataFrame(numeric_values(X, numeric), index=X.index, columns=numeric)
     for c in categorical:
-        col = X[c]
-        if isinstance(col.dtype, pd.CategoricalDtype):
-            names = np.append(col.cat.categories.astype(str).to_numpy(dtype=object), MISSING_CATEGORY)
-            out[c] = names[col.cat.codes.to_numpy()]  # code -1 (missing) picks the marker
-        else:
-            col = col.astype(object)
-            out[c] = col.where(pd.notna(col), MISSING_CATEGORY).astype(str)
+        codes, names = category_codes(X[c])
+        out[c] = names[codes]
     return out
 
 
@@ -178,28 +191,18 @@ class PipelineScorer:
     def scores(self, X: pd.DataFrame) -> np.ndarray:
         """``scores(pipeline, X)``, computed faster."""
         n = len(X)
-        try:
-            values = X[self.numeric].to_numpy(dtype="float64", na_value=np.nan)
-        except (TypeError, ValueError):  # strings among the numeric columns: the pipeline coerces them
-            return scores(self.pipeline, X)
         matrix = np.empty((n, self.width))
-        matrix[:, : len(self.numeric)] = values
-        matrix[:, : len(self.numeric)][~np.isfinite(values)] = np.nan
+        matrix[:, : len(self.numeric)] = numeric_values(X, self.numeric)
         if self.categorical and n:
-            names, codes = [], np.empty((n, len(self.categorical)), dtype=np.int64)
+            codes = np.empty((n, len(self.categorical)), dtype=np.int64)
+            names = []
             for j, c in enumerate(self.categorical):
-                col = X[c]
-                if isinstance(col.dtype, pd.CategoricalDtype):  # coerce_features' names, code -1 = missing
-                    names.append(np.append(col.cat.categories.astype(str).to_numpy(dtype=object), MISSING_CATEGORY))
-                    codes[:, j] = col.cat.codes.to_numpy()
-                else:
-                    col = col.astype(object)
-                    codes[:, j], uniques = pd.factorize(col.where(pd.notna(col), MISSING_CATEGORY).astype(str))
-                    names.append(np.asarray(uniques, dtype=object))
+                codes[:, j], column_names = category_codes(X[c])
+                names.append(column_names)
             # One integer per row (mixed radix of the codes) makes the distinct rows a fast 1-d unique.
             radix = np.cumprod([1] + [len(v) for v in names[:-1]], dtype=np.float64)
             if radix[-1] * len(names[-1]) < 2**62:
-                flat = (codes % np.array([len(v) for v in names])) @ radix.astype(np.int64)
+                flat = codes @ radix.astype(np.int64)
                 first, inverse = np.unique(flat, return_index=True, return_inverse=True)[1:]
                 combos = codes[first]
             else:
@@ -344,7 +347,6 @@ class TrainedModel:
     pipeline: Pipeline
     features: list  # featuretools feature definitions, in the pipeline's column order
     metadata: dict[str, Any]
-    _scorer: Any = field(default=None, init=False, repr=False)  # PipelineScorer, False: none applies
 
     @property
     def feature_names(self) -> list[str]:
@@ -357,9 +359,11 @@ class TrainedModel:
     def score(self, feature_df: pd.DataFrame) -> np.ndarray:
         """Scores of the rows of a raw feature DataFrame (columns: :attr:`feature_names`)."""
         X = feature_df[self.feature_names]
-        if self._scorer is None:
-            self._scorer = PipelineScorer.of(self.pipeline) or False
-        return self._scorer.scores(X) if self._scorer else scores(self.pipeline, X)
+        return self._scorer.scores(X) if self._scorer is not None else scores(self.pipeline, X)
+
+    @cached_property
+    def _scorer(self) -> PipelineScorer | None:
+        return PipelineScorer.of(self.pipeline)
 
 
 def load_model(model_dir: str | os.PathLike) -> TrainedModel:
