@@ -21,6 +21,7 @@ from __future__ import annotations
 import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import narwhals.stable.v2 as nw
 import numpy as np
@@ -43,7 +44,8 @@ class OnlineSnapshot:
 
     ``predict`` is River's own arithmetic (``loss.mean_func(X @ w + intercept)``) on the same
     scaled inputs, without River's per-call DataFrame handling, so that cutoffs scored in
-    one batch can each use the model of their own step.
+    one batch can each use the model of their own step. (It can differ from River's result
+    in the last bit: the dot product's rounding follows the inputs' memory layout.)
     """
 
     weights: np.ndarray
@@ -131,13 +133,48 @@ class OnlineModel:
         order): no DataFrame round trip for the detector, which holds arrays."""
         if not len(values):
             return
-        # River takes any narwhals frame; built from numpy here, it skips the backend
-        # detection that wrapping a pandas frame costs (a fifth of a learn_many call).
-        x = nw.from_numpy(self._scaled(values, learn=True), schema=self.feature_names, backend="pandas")
-        y = nw.new_series("y", labels.astype(bool), backend="pandas")
+        inputs = self._batch_inputs(len(values))
+        if inputs is None:
+            x = nw.from_numpy(np.ascontiguousarray(self._scaled(values, learn=True)), schema=self.feature_names,
+                              backend="pandas")  # fmt: skip
+            y = nw.new_series("y", labels.astype(bool), backend="pandas")
+        else:
+            xbuf, ybuf, x, y = inputs
+            xbuf[:] = self._scaled(values, learn=True)
+            ybuf[:] = labels
         self.model.learn_many(x, y)
-        self.n_learned += len(y)
+        self.n_learned += len(values)
         self.n_positive += int(labels.sum())
+
+    #: batch sizes whose River inputs are kept for reuse (a learning step resolves a few dozen)
+    MAX_REUSED_SIZES = 256
+
+    def _batch_inputs(self, n: int) -> tuple[np.ndarray, np.ndarray, Any, Any] | None:
+        """A narwhals frame and series of ``n`` rows over buffers of their own, made once per size.
+
+        Wrapping new data for River (``learn_many`` takes narwhals-compatible frames) costs
+        more than River's update itself for a few dozen rows, so each size's inputs are
+        wrapped once and their buffers rewritten; pandas frames built from an array are views
+        of it, which is checked here (None: build fresh inputs instead).
+        """
+        cache = self.__dict__.setdefault("_inputs_by_size", {})
+        found = cache.get(n)
+        if found is None:
+            if len(cache) >= self.MAX_REUSED_SIZES:
+                cache.clear()
+            xbuf = np.zeros((n, len(self.feature_names)))
+            ybuf = np.zeros(n, dtype=bool)
+            frame = pd.DataFrame(xbuf, columns=self.feature_names, copy=False)
+            series = pd.Series(ybuf, name="y", copy=False)
+            shared = np.shares_memory(frame.to_numpy(), xbuf) and np.shares_memory(series.to_numpy(), ybuf)
+            found = cache[n] = (xbuf, ybuf, nw.from_native(frame, eager_only=True),
+                                nw.from_native(series, series_only=True)) if shared else False  # fmt: skip
+        return found or None
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("_inputs_by_size", None)  # buffers, not state: the checkpoint stays small
+        return state
 
     def weights(self) -> dict[str, float]:
         """The linear weights per feature (on the scaled inputs)."""

@@ -165,6 +165,20 @@ class ConnState:
     pending: deque = field(default_factory=deque)  # Pending cutoffs, oldest first
     last_alert_secs: int | None = None
     last_malicious_secs: int = -1  # secs of the latest event labelled malicious so far
+    #: every position from ``base`` up to this one (excluded) has its label: the prefix grows
+    #: as labels arrive, so a cutoff's window is seen to be complete without a look at each label
+    labelled: int = 0
+
+    def labelled_through(self) -> int:
+        """Grow and return :attr:`labelled` (positions ``base`` .. ``labelled - 1`` all have
+        their labels)."""
+        i = max(self.labelled - self.base, 0)
+        recent, labels = self.recent, self.labels
+        n = len(recent)
+        while i < n and recent[i][0] in labels:
+            i += 1
+        self.labelled = self.base + i
+        return self.labelled
 
     def prune(self, spec: LabelSpec) -> None:
         """Forget positions and labels no pending or future cutoff can need."""
@@ -209,6 +223,9 @@ class Stats:
     started: float = field(default_factory=time.monotonic)
     first_event_at: float | None = None  # wall-clock time (time.time) the first event was processed
     last_event_at: float | None = None
+    #: the process's CPU time (every thread: the consumer's and producer's too) at those moments
+    first_event_cpu: float = 0.0
+    last_event_cpu: float = 0.0
 
     @property
     def busy_rate(self) -> float:
@@ -216,6 +233,12 @@ class Stats:
         if self.first_event_at is None or self.last_event_at is None or self.last_event_at <= self.first_event_at:
             return 0.0
         return self.events / (self.last_event_at - self.first_event_at)
+
+    @property
+    def cpu_per_event(self) -> float:
+        """CPU seconds (all threads) per event from the first processed event to the last:
+        a measure of cost that other work on the machine does not blur."""
+        return (self.last_event_cpu - self.first_event_cpu) / max(1, self.events)
 
 
 class StreamDetector:
@@ -583,10 +606,10 @@ class StreamDetector:
                 self._drained(self.next_event_offset, self.skipped_events, p)
         self.engine.observe_many(events)
         self.stats.events += len(events)
-        now = time.time()
+        now, cpu = time.time(), time.process_time()
         if self.stats.first_event_at is None:
-            self.stats.first_event_at = now
-        self.stats.last_event_at = now
+            self.stats.first_event_at, self.stats.first_event_cpu = now, cpu
+        self.stats.last_event_at, self.stats.last_event_cpu = now, cpu
         for c in sorted(touched):
             st = touched[c]
             k = st.n_seen - 1
@@ -725,14 +748,17 @@ class StreamDetector:
             if not st.pending:
                 continue
             labels, recent = st.labels, st.recent
+            labelled = st.labelled_through()
             while st.pending:
                 pend = st.pending[0]
                 start = pend.k - st.base + lead
                 if st.last_malicious_secs < pend.secs:
                     # No malicious label in its window (those events are at or after the cutoff):
-                    # it resolves to False once the window is full and all its labels arrived.
-                    if (pend.k + horizon > st.n_seen or recent[start + width - 1][0] not in labels
-                            or not all(lid in labels for lid, _ in islice(recent, start, start + width))):  # fmt: skip
+                    # it resolves to False once the window is full and all its labels arrived
+                    # (at once when the labelled prefix covers it; a gap before it is looked past).
+                    if pend.k + horizon > st.n_seen or recent[start + width - 1][0] not in labels or (
+                            pend.k + horizon > labelled
+                            and not all(lid in labels for lid, _ in islice(recent, start, start + width))):  # fmt: skip
                         break
                     y = False
                 else:
@@ -868,7 +894,8 @@ class StreamDetector:
             f"({s.learned_positive:,} positive; {self.online.n_learned:,} in total with the checkpoint)",
             f"  malformed records  {s.malformed:,}, late events {s.late:,} (sent to {self.cfg.dlq_topic})",
             f"  consumer lag       {'unknown' if self.final_lag is None else f'{self.final_lag:,}'} events",
-            f"  time per event     features {s.feature_secs * per_event:.1f} us, models {s.model_secs * per_event:.1f} us",
+            f"  time per event     features {s.feature_secs * per_event:.1f} us, models {s.model_secs * per_event:.1f} us; "
+            f"CPU {s.cpu_per_event * 1e6:.1f} us (all threads, first event to last)",
             f"  event time reached {_fmt_secs(self.processed_secs)}",
             f"  busy from          {s.first_event_at or 0:.3f} to {s.last_event_at or 0:.3f} (Unix time, first and last event)",
         ])

@@ -202,6 +202,35 @@ def test_online_model_learns_only_from_labels_that_arrived(stream: dict):
         assert max(arrivals) < boundary
         # ... which is at least the label delay after the cutoff it resolves.
         assert boundary > cutoff_secs + LABEL_DELAY
+    # Each learnt label is the batch label of that cutoff (the one definition, applied to the
+    # whole data at once), and nearly every labelled cutoff is learnt before the stream ends.
+    from training.labels import label_times
+
+    batch = label_times(stream["truth"], kind=model.kind, spec=model.label_spec).dropna(subset=["label"])
+    expected = {(c, int(t)): bool(y) for c, t, y in zip(batch["connection_id"], batch["cutoff_secs"], batch["label"],
+                                                         strict=True)}  # fmt: skip
+    learnt = {(conn, int(secs)): bool(y) for _, conn, secs, y, _ in detector.learn_log}
+    assert len(learnt) == len(detector.learn_log), "a cutoff was learnt twice"
+    wrong = [(key, y, expected.get(key)) for key, y in learnt.items() if expected.get(key) != y]
+    assert not wrong, f"{len(wrong)} learnt labels differ from the batch labels, e.g. {wrong[:3]}"
+    # Every cutoff the stream can resolve is learnt: its label is True, or its window is full
+    # (batch labels also decide windows cut short by the end of the data), its last label
+    # arrived a learning step before the stream's end, and its connection was never dropped as
+    # idle (no gap of a window's length: a connection that comes back starts counting afresh).
+    truth = stream["truth"].assign(connection_id=stream["truth"]["src_name"] + " / " + stream["truth"]["dest_name"])
+    size = truth["connection_id"].value_counts()
+    gaps = truth.sort_values("secs").groupby("connection_id")["secs"].agg(lambda s: s.diff().max())
+    never_idle = set(gaps.index[gaps.fillna(0) < model.window_secs])
+    last = int(truth["secs"].max())
+    resolvable = {
+        (c, int(t)) for c, t, k, y, end in zip(batch["connection_id"], batch["cutoff_secs"], batch["cutoff_index"],
+                                               batch["label"], batch["label_end_secs"], strict=True)
+        if (y or k + model.label_spec.horizon <= size[c]) and end + LABEL_DELAY + cfg.learn_every_secs < last
+        and c in never_idle
+    }  # fmt: skip
+    assert len(resolvable) > 0.7 * len(expected)
+    missing = resolvable - set(learnt)
+    assert not missing, f"{len(missing)} resolvable cutoffs were not learnt, e.g. {sorted(missing)[:3]}"
 
 
 def test_malformed_messages_are_dead_lettered_with_their_reason(stream: dict, uninterrupted: dict):
