@@ -223,7 +223,8 @@ class Stats:
     started: float = field(default_factory=time.monotonic)
     first_event_at: float | None = None  # wall-clock time (time.time) the first event was processed
     last_event_at: float | None = None
-    #: the process's CPU time (every thread: the consumer's and producer's too) at those moments
+    #: the process's CPU time (every thread: the consumer's and producer's too) at the first
+    #: event and after the last batch of events
     first_event_cpu: float = 0.0
     last_event_cpu: float = 0.0
 
@@ -312,10 +313,13 @@ class StreamDetector:
                 if records:
                     self._last_data = time.monotonic()
                     self._enqueue(records)
+                events_before = self.stats.events
                 if self._advance(final=False):
                     # Every complete second is processed: score now rather than wait for a full
                     # batch (latency). Scores do not depend on when this happens.
                     self._flush_scores()
+                if self.stats.events != events_before:  # (a system call: not once per second processed)
+                    self.stats.last_event_cpu = time.process_time()
                 now = time.monotonic()
                 if now - last_commit >= cfg.checkpoint_every_secs:
                     self._commit()
@@ -330,6 +334,7 @@ class StreamDetector:
                         and self._caught_up()):  # fmt: skip
                     log.info("no new records for %.0f s: end of stream", cfg.idle_timeout)
                     self._advance(final=True)
+                    self.stats.last_event_cpu = time.process_time()
                     break
             self._commit()
         finally:
@@ -606,10 +611,10 @@ class StreamDetector:
                 self._drained(self.next_event_offset, self.skipped_events, p)
         self.engine.observe_many(events)
         self.stats.events += len(events)
-        now, cpu = time.time(), time.process_time()
+        now = time.time()
         if self.stats.first_event_at is None:
-            self.stats.first_event_at, self.stats.first_event_cpu = now, cpu
-        self.stats.last_event_at, self.stats.last_event_cpu = now, cpu
+            self.stats.first_event_at, self.stats.first_event_cpu = now, time.process_time()
+        self.stats.last_event_at = now
         for c in sorted(touched):
             st = touched[c]
             k = st.n_seen - 1
