@@ -754,6 +754,7 @@ class StreamDetector:
                 continue
             labels, recent = st.labels, st.recent
             labelled = st.labelled_through()
+            settled = len(resolved)
             while st.pending:
                 pend = st.pending[0]
                 start = pend.k - st.base + lead
@@ -777,7 +778,8 @@ class StreamDetector:
                     self.learn_log.append((boundary, conn, pend.secs, y, used))
                 resolved.append(pend)
                 ys.append(y)
-            st.prune(spec)
+            if len(resolved) > settled:  # else its oldest pending cutoff, and so what it keeps, is unchanged
+                st.prune(spec)
         if resolved:
             idx = sorted(range(len(resolved)), key=order.__getitem__)
             self.step = ModelStep(pending=[resolved[i] for i in idx], labels=[ys[i] for i in idx])
