@@ -183,9 +183,20 @@ class Watcher(threading.Thread):
     """Records the wall time at which each event (by log_id) became readable in Kafka."""
 
     def __init__(self, bootstrap: str, topic: str):
+        from kafka.structs import TopicPartition
+
         super().__init__(daemon=True)
-        self.consumer = make_consumer(bootstrap, topic, group_id=f"bench-watch-{uuid.uuid4().hex[:6]}",
-                                      auto_offset_reset="earliest")  # fmt: skip
+        # Partitions assigned by hand: a group subscription to a topic created a moment ago can
+        # see no partitions and wait for the next metadata refresh (minutes), missing the slice.
+        self.consumer = make_consumer(bootstrap, group_id=None, client_id="bench-watch")
+        deadline = time.monotonic() + 30
+        while not self.consumer.partitions_for_topic(topic):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"topic {topic} has no partitions after 30 s")
+            time.sleep(0.2)
+        parts = [TopicPartition(topic, p) for p in sorted(self.consumer.partitions_for_topic(topic))]
+        self.consumer.assign(parts)
+        self.consumer.seek_to_beginning(*parts)
         self.seen: dict[int, float] = {}
         self.stop = False
 
