@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +54,17 @@ class BatchModel:
         spec = self.metadata.get("label_spec") or {}
         return LabelSpec(**{k: int(v) for k, v in spec.items() if k in ("min_events", "lead", "window")})
 
-    def predict(self, features: pd.DataFrame) -> np.ndarray:
-        """P(malicious) for each row of a raw feature DataFrame."""
-        return np.asarray(self.trained.score(features), dtype="float64")
+    def predict(self, features: pd.DataFrame, numeric: np.ndarray | None = None) -> np.ndarray:
+        """P(malicious) for each row of a raw feature DataFrame; ``numeric`` is
+        ``training.model.numeric_values(features, self.online_feature_names)`` when the caller
+        has it already (used only where those are the pipeline's numeric columns, in its order)."""
+        if numeric is not None and not self._shares_numeric:
+            numeric = None
+        return np.asarray(self.trained.score(features, numeric), dtype="float64")
+
+    @cached_property
+    def _shares_numeric(self) -> bool:
+        return self.online_feature_names == self.trained.numeric_feature_names
 
     def explainer(self, top: int = 5) -> FeatureExplainer:
         importances = self.metadata.get("feature_importances") or {n: 1.0 for n in self.feature_names}

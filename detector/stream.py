@@ -59,6 +59,7 @@ from detector.alerts import FeatureExplainer, build_alert, json_value
 from detector.online import OnlineModel
 from detector.rdkafka_io import GroupSource, Partition, Sender, last_timestamp, read_partition
 from training.labels import LabelSpec, resolve_window
+from training.model import numeric_values
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +285,8 @@ class StreamDetector:
         self.next_sweep: int | None = None
         #: cutoffs awaiting features: (conn, secs, log_id, Pending, the online model of their step)
         self.queued: list[tuple] = []
-        self.scored: list[tuple] = []  # (cutoffs, features, online scores, online weights) awaiting the batch model
+        #: (cutoffs, features, online scores, online weights, numeric features) awaiting the batch model
+        self.scored: list[tuple] = []
         self.n_scored = 0
         #: the online model as of the current learning step; steps decided but not yet learnt
         self.step = ModelStep(snapshot=None)
@@ -644,7 +646,7 @@ class StreamDetector:
         features = features.reset_index(drop=True)
         self.engine.advance(self.processed_secs)
         t1 = time.perf_counter()
-        xs = features.reindex(columns=self.online_cols).to_numpy(dtype="float64", na_value=np.nan)
+        xs = numeric_values(features, self.online_cols)  # both models' numeric inputs, converted once
         for row, x in zip(self.queued, xs, strict=True):
             row[3].x = x  # the cutoff's Pending: the online model learns from it later
         self._learn_steps()
@@ -659,7 +661,7 @@ class StreamDetector:
                 weights[start:end] = self.cfg.online_weight * min(
                     1.0, snap.n_positive / max(1, self.cfg.online_warmup_positives))
             start = end
-        self.scored.append(([row[:3] for row in self.queued], features, scores, weights))
+        self.scored.append(([row[:3] for row in self.queued], features, scores, weights, xs))
         self.n_scored += len(self.queued)
         self.queued.clear()
         self.stats.feature_secs += t1 - t0
@@ -672,12 +674,13 @@ class StreamDetector:
             return
         t0 = time.perf_counter()
         cfg = self.cfg
-        features = pd.concat([f for _, f, _, _ in self.scored], ignore_index=True)
-        batch = np.asarray(self.batch.predict(features), dtype="float64")
+        blocks, frames, online, weight, numeric = zip(*self.scored, strict=True)
+        features = pd.concat(frames, ignore_index=True)
+        batch = np.asarray(self.batch.predict(features, np.concatenate(numeric)), dtype="float64")
         self.stats.model_secs += time.perf_counter() - t0
-        rows = [row for block, *_ in self.scored for row in block]
-        online = np.concatenate([o for _, _, o, _ in self.scored])
-        weight = np.concatenate([w for *_, w in self.scored])  # 0 where there is no online score
+        rows = [row for block in blocks for row in block]
+        online = np.concatenate(online)
+        weight = np.concatenate(weight)  # 0 where there is no online score
         has_online = ~np.isnan(online)
         score = np.where(has_online, (1 - weight) * batch + weight * online, batch)
         alerted = score >= cfg.threshold

@@ -355,6 +355,10 @@ def test_the_fast_scorer_gives_the_pipelines_scores_exactly():
     for seed in (0, 1):  # unseen values, infrequent ones, missing ones; the second call hits the cache
         X = _raw_features(np.random.default_rng(seed), 500, ["x", "y", "z", "rare", "unseen", None])
         np.testing.assert_array_equal(scorer.scores(X), model.scores(pipe, X))
+        # the numeric block converted by the caller (the detector converts once for both models)
+        np.testing.assert_array_equal(scorer.scores(X, model.numeric_values(X, ["a", "b"])), model.scores(pipe, X))
+    with pytest.raises(ValueError, match="shape"):
+        scorer.scores(X, model.numeric_values(X, ["a"]))
     assert len(scorer._encoded) > 10  # combinations were encoded once each
     scorer.MAX_CACHED = 5  # a cache that starts again on every call scores the same
     np.testing.assert_array_equal(scorer.scores(X), model.scores(pipe, X))
