@@ -26,6 +26,7 @@ from typing import Any
 import narwhals.stable.v2 as nw
 import numpy as np
 import pandas as pd
+from numba import njit
 
 
 def _squash(values: np.ndarray) -> np.ndarray:
@@ -36,6 +37,30 @@ def _squash(values: np.ndarray) -> np.ndarray:
 
 def _standardise(squashed: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     return np.clip((squashed - mean) / std, -10.0, 10.0)
+
+
+@njit(cache=True)
+def _scale_update(squashed: np.ndarray, n_a: int, mean_a: np.ndarray, m2_a: np.ndarray) -> tuple:
+    """Chan et al.'s parallel update of count, mean and M2 with a batch: stable for any size.
+
+    Compiled: on a learning step's few dozen rows, the dozen numpy calls it took cost more in
+    dispatch than in arithmetic. Rows are summed in order, as numpy's reductions over the
+    first axis of a C array do (so the result is the same to the bit), whatever the layout.
+    """
+    n_b, m = squashed.shape
+    mean_b = np.zeros(m)
+    for i in range(n_b):
+        for j in range(m):
+            mean_b[j] += squashed[i, j]
+    mean_b /= n_b
+    m2_b = np.zeros(m)
+    for i in range(n_b):
+        for j in range(m):
+            d = squashed[i, j] - mean_b[j]
+            m2_b[j] += d * d
+    n = n_a + n_b
+    delta = mean_b - mean_a
+    return n, mean_a + delta * n_b / n, m2_a + m2_b + delta**2 * n_a * n_b / n
 
 
 @dataclass(frozen=True, eq=False)  # compared by identity: one per learning step
@@ -111,15 +136,7 @@ class OnlineModel:
         )
 
     def _update_scale(self, values: np.ndarray) -> None:
-        # Chan et al.'s parallel update of count, mean and M2: stable for any batch size.
-        n_b = len(values)
-        mean_b = values.mean(axis=0)
-        m2_b = ((values - mean_b) ** 2).sum(axis=0)
-        n = self._n + n_b
-        delta = mean_b - self._mean
-        self._mean = self._mean + delta * n_b / n
-        self._m2 = self._m2 + m2_b + delta**2 * self._n * n_b / n
-        self._n = n
+        self._n, self._mean, self._m2 = _scale_update(values, self._n, self._mean, self._m2)
 
     def learn(self, features: pd.DataFrame, labels: Sequence[bool]) -> None:
         """Learn from resolved cutoffs (features as scored, labels from the label topic)."""

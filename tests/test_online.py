@@ -48,3 +48,23 @@ def test_reused_river_inputs_learn_exactly_like_fresh_ones():
     restored.learn_values(x, np.ones(25, dtype=bool))
     fresh.learn_values(x, np.ones(25, dtype=bool))
     assert restored.weights() == fresh.weights()
+
+
+def test_the_compiled_scale_update_is_chans_update_to_the_bit():
+    from detector.online import _scale_update
+
+    rng = np.random.default_rng(11)
+    n, mean, m2 = 0, np.zeros(7), np.zeros(7)
+    rows = []
+    for size in (1, 30, 69, 2, 500):
+        x = rng.lognormal(1, 2, size=(size, 7)) * rng.choice([-1.0, 1.0], size=(size, 7))
+        rows.append(x)
+        # numpy's formulas (reductions over the first axis of a C array add the rows in order)
+        mean_b, m2_b = x.mean(axis=0), ((x - x.mean(axis=0)) ** 2).sum(axis=0)
+        delta = mean_b - mean
+        expected = (n + size, mean + delta * size / (n + size), m2 + m2_b + delta**2 * n * size / (n + size))
+        n, mean, m2 = _scale_update(x, n, mean, m2)
+        assert n == expected[0] and np.array_equal(mean, expected[1]) and np.array_equal(m2, expected[2])
+    everything = np.vstack(rows)  # and it is the running mean and variance of all the rows
+    np.testing.assert_allclose(mean, everything.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(m2 / (n - 1), everything.var(axis=0, ddof=1), rtol=1e-10)
