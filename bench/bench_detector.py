@@ -39,6 +39,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from cyberstream import config  # noqa: E402
 from cyberstream.broker import running_broker  # noqa: E402
 from cyberstream.kafka_io import ensure_topics, make_consumer, read_topic  # noqa: E402
 from detector.rdkafka_io import take  # noqa: E402
@@ -107,7 +108,7 @@ def raw_consume_rate(bootstrap: str, topic: str) -> tuple[int, float]:
 
 
 def detect(bootstrap: str, model_dir: Path, t: dict[str, str], features: str, state: Path,
-           idle: float = 5.0, members: int = 1) -> tuple[list[str], float]:  # fmt: skip
+           idle: float = 5.0, members: int = 1, extra: tuple[str, ...] = ()) -> tuple[list[str], float]:  # fmt: skip
     """Run ``members`` `cyberstream detect` processes in one group until idle; return their
     summaries and the peak RSS of the largest, in MB."""
     group = f"bench-{uuid.uuid4().hex[:6]}"
@@ -117,7 +118,8 @@ def detect(bootstrap: str, model_dir: Path, t: dict[str, str], features: str, st
                 "--bootstrap-servers", bootstrap, "--group-id", group,
                 "--events-topic", t["events"], "--labels-topic", t["labels"], "--alerts-topic", t["alerts"],
                 "--dlq-topic", t["dlq"], "--partitions", str(PARTITIONS), "--features", features,
-                "--checkpoint", str(state / f"{group}-{i}.ckpt"), "--idle-timeout", str(idle), "--log-every", "30"]  # fmt: skip
+                "--checkpoint", str(state / f"{group}-{i}.ckpt"), "--idle-timeout", str(idle), "--log-every", "30",
+                *extra]  # fmt: skip
         proc = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
         chunks: list[str] = []
         reader = threading.Thread(target=lambda p=proc, c=chunks: c.append(p.stderr.read()), daemon=True)
@@ -263,7 +265,9 @@ def main() -> int:
 
             def run_latency_detector() -> None:
                 try:
-                    results["lat"] = detect(bootstrap, model_dir, lt, args.features, work, idle=8.0)
+                    # beside the paced replay: a caught-up partition waits for its own next record
+                    lateness = ("--allowed-lateness-secs", str(config.replay_lateness_secs(args.latency_speed)))
+                    results["lat"] = detect(bootstrap, model_dir, lt, args.features, work, idle=8.0, extra=lateness)
                 except SystemExit as exc:  # a thread would swallow it: report it after the join
                     results["error"] = str(exc)
 

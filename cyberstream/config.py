@@ -88,3 +88,18 @@ def model_dir() -> Path:
 def state_dir() -> Path:
     """Where the local broker and other run-time state live (``./var``, ignored by git)."""
     return Path(env("CYBERSTREAM_HOME", str(Path.cwd() / "var")))
+
+
+def replay_lateness_secs(speed: str | float) -> int:
+    """``detect --allowed-lateness-secs`` for a detector that runs beside a replay at ``speed``
+    (X times real time, or "max").
+
+    The producer's partitions lie apart by up to a batch of records each; at replay speeds that
+    spans far more event time than the detector's default minute, and a caught-up partition
+    would have its seconds closed while its next records are still on their way (they would
+    be dead-lettered as late). Half a second of wall time at X times real time, and no bound
+    at "max": a caught-up partition then waits for its own next record or a pause.
+    """
+    if str(speed) == "max":
+        return 100 * 365 * 86_400
+    return max(60, int(float(speed) / 2))

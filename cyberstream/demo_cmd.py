@@ -166,7 +166,7 @@ def _run(demo: Demo, args: argparse.Namespace, started: float) -> int:
         "detect", *common, "--model-dir", str(args.model_dir), "--group-id", f"cyberstream-demo-{run_id}",
         "--events-topic", topics["events"], "--labels-topic", topics["labels"], "--alerts-topic", topics["alerts"],
         "--dlq-topic", topics["dlq"], "--checkpoint", str(checkpoint), "--features", args.features,
-        "--idle-timeout", str(args.idle_timeout),
+        "--idle-timeout", str(args.idle_timeout), "--allowed-lateness-secs", str(config.replay_lateness_secs(args.speed)),
     ])  # fmt: skip
     demo.run([
         "produce", *common, "--data", str(args.data), "--events-topic", topics["events"],

@@ -45,6 +45,11 @@ def test_demo_prints_a_summary_that_matches_the_ground_truth(kafka_bootstrap: st
     for a in read_topic(kafka_bootstrap, topic):
         alerts.setdefault(a["alert_id"], a)
     truth, _ = read_events(tmp_path / "data" / "CyberFLTenDays.csv", progress=False)
+    # The detector ran beside a --speed max replay and processed every event, none of them
+    # dead-lettered as late (it waits for each caught-up partition's own next record).
+    summary = proc.stderr[proc.stderr.index("detector summary"):]
+    assert _figure(summary, r"events processed\s+([\d,]+)") == (len(truth),), summary
+    assert re.search(r"late events 0 ", summary), summary
     conn = truth["src_name"] + " / " + truth["dest_name"]
     malicious = set(conn[truth["label"]])
     alerted = {a["connection"] for a in alerts.values()}

@@ -21,6 +21,7 @@ import jsonschema
 import pandas as pd
 import pytest
 
+from cyberstream import config
 from cyberstream.kafka_io import make_consumer, make_producer, read_topic
 from detector.alerts import alert_schema
 from training.data import read_events
@@ -297,7 +298,7 @@ def test_a_member_joining_mid_stream_takes_over_partitions_without_losing_or_rej
                 # is well under a millisecond, less than the producer's partitions lie apart, so a
                 # caught-up partition waits for a pause instead (what --help advises for fast
                 # replays); late events then can only come from the hand-over, which is tested.
-                "--allowed-lateness-secs", str(4 * 86_400)]  # fmt: skip
+                "--allowed-lateness-secs", str(config.replay_lateness_secs("max"))]  # fmt: skip
         return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True), ckpt
 
     def committed_events(ckpt) -> int:
