@@ -192,11 +192,11 @@ class Watcher(threading.Thread):
         # see no partitions and wait for the next metadata refresh (minutes), missing the slice.
         self.consumer = make_consumer(bootstrap, group_id=None, client_id="bench-watch")
         deadline = time.monotonic() + 30
-        while not self.consumer.partitions_for_topic(topic):
+        while not (found := self.consumer.partitions_for_topic(topic)):
             if time.monotonic() > deadline:
                 raise SystemExit(f"topic {topic} has no partitions after 30 s")
             time.sleep(0.2)
-        parts = [TopicPartition(topic, p) for p in sorted(self.consumer.partitions_for_topic(topic))]
+        parts = [TopicPartition(topic, p) for p in sorted(found)]
         self.consumer.assign(parts)
         self.consumer.seek_to_beginning(*parts)
         self.seen: dict[int, float] = {}

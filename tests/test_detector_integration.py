@@ -204,7 +204,7 @@ def test_online_model_learns_only_from_labels_that_arrived(stream: dict):
         # ... which is at least the label delay after the cutoff it resolves.
         assert boundary > cutoff_secs + LABEL_DELAY
     # Each learnt label is the batch label of that cutoff (the one definition, applied to the
-    # whole data at once), and nearly every labelled cutoff is learnt before the stream ends.
+    # whole data at once).
     from training.labels import label_times
 
     batch = label_times(stream["truth"], kind=model.kind, spec=model.label_spec).dropna(subset=["label"])
