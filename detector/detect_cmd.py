@@ -58,6 +58,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="cap on events kept in one connection's window (default: %(default)s)")
     parser.add_argument("--idle-drop-secs", type=int, default=None,
                         help="drop connections idle this long in event time (default and minimum: the window)")
+    parser.add_argument("--max-idle-connections", type=int, default=1_000_000,
+                        help="dropped connections whose event counts are kept, so that their next events "
+                        "after a long silence are cutoffs as in training (about 200 bytes each; beyond it the "
+                        "longest idle are forgotten; default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=4096, help="cutoffs per model call (default: %(default)s)")
     parser.add_argument("--max-events", type=int, default=None, help="stop after this many events")
     parser.add_argument("--idle-timeout", type=float, default=None,
@@ -117,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
         cooldown_secs=args.cooldown_secs, learn_every_secs=args.learn_every_secs,
         online_weight=args.online_weight, online_warmup_positives=args.online_warmup,
         batch_size=args.batch_size, checkpoint_every_secs=args.checkpoint_every, max_events=args.max_events,
-        idle_timeout=args.idle_timeout, idle_drop_secs=args.idle_drop_secs, base_epoch=args.base_epoch,
+        idle_timeout=args.idle_timeout, idle_drop_secs=args.idle_drop_secs,
+        max_idle_connections=args.max_idle_connections, base_epoch=args.base_epoch,
         log_every_secs=args.log_every, allowed_lateness_secs=args.allowed_lateness_secs,
         record_features=args.record_features, record_every=args.record_every,
     )  # fmt: skip

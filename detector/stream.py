@@ -115,6 +115,8 @@ class DetectorConfig:
     max_events: int | None = None
     idle_timeout: float | None = None
     idle_drop_secs: int | None = None
+    #: idle connections whose event counts are remembered (the oldest dropped are forgotten first)
+    max_idle_connections: int = 1_000_000
     base_epoch: int = 1_577_836_800
     log_every_secs: float = 10.0
     poll_records: int = 20_000
@@ -207,6 +209,46 @@ class ConnState:
         return [labels[lid][0] if lid in labels else None for lid, _ in islice(self.recent, start, stop)]
 
 
+class IdleConnections:
+    """Connections dropped as idle, by partition and event count, so that a connection coming
+    back goes on counting: its next events are cutoffs as in the batch labels, which count
+    a connection's events over all its history. Its last alert is kept too (a cooldown may
+    outlast the silence). At most ``capacity`` (about 200 bytes each); beyond it the longest
+    idle are forgotten, and would count afresh if they came back."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        #: partition, event count, last alert's secs; in the order they went idle
+        self.counts: dict[str, tuple[int, int, int | None]] = {}
+
+    def __len__(self) -> int:
+        return len(self.counts)
+
+    def __contains__(self, conn: str) -> bool:
+        return conn in self.counts
+
+    def remember(self, conn: str, st: ConnState) -> int:
+        """Keep ``st``'s count; return how many connections were forgotten to make room."""
+        self.counts[conn] = (st.partition, st.n_seen, st.last_alert_secs)
+        if len(self.counts) <= self.capacity:
+            return 0
+        del self.counts[next(iter(self.counts))]
+        return 1
+
+    def revive(self, conn: str, partition: int) -> ConnState:
+        """The state of a connection with no state: an idle one's positions go on from its
+        count (its window is empty by now); an unknown one starts at 0."""
+        seen = self.counts.pop(conn, None)
+        if seen is None:
+            return ConnState(partition=partition)
+        _, n, last_alert = seen
+        return ConnState(partition=partition, n_seen=n, base=n, labelled=n, last_alert_secs=last_alert)
+
+    def keep_partitions(self, partitions: list[int]) -> None:
+        """Forget the connections of partitions this member does not own (after a rebalance)."""
+        self.counts = {c: v for c, v in self.counts.items() if v[0] in partitions}
+
+
 @dataclass
 class Stats:
     events: int = 0
@@ -219,6 +261,7 @@ class Stats:
     learned: int = 0
     learned_positive: int = 0
     rebuilt: int = 0
+    forgotten: int = 0  # idle connections forgotten beyond max_idle_connections
     feature_secs: float = 0.0
     model_secs: float = 0.0
     started: float = field(default_factory=time.monotonic)
@@ -266,6 +309,8 @@ class StreamDetector:
         #: (boundary, connection, cutoff_secs, label, label arrivals) of every learnt cutoff, when a
         #: caller sets it to a list (tests check that no label is used before it arrived).
         self.learn_log: list | None = None
+        #: (connection, cutoff_secs, log_id) of every scored cutoff, when a caller sets it to a list
+        self.cutoff_log: list | None = None
         self._recorder = open(cfg.record_features, "a") if cfg.record_features else None
 
     def _reset_stream_state(self) -> None:
@@ -273,6 +318,7 @@ class StreamDetector:
         partition yet (an assignment restores it from the checkpoint and the log)."""
         self.online = OnlineModel(self.online_cols)
         self.conns: dict[str, ConnState] = {}
+        self.idle = IdleConnections(self.cfg.max_idle_connections)
         self.event_q: dict[int, deque] = {}
         self.label_q: dict[int, deque] = {}
         self.next_event_offset: dict[int, int] = {}
@@ -376,6 +422,7 @@ class StreamDetector:
         ckpt = self._load_checkpoint()
         if ckpt is not None:  # keep only the connections of partitions this member now owns
             self.conns = {c: st for c, st in self.conns.items() if st.partition in parts}
+            self.idle.keep_partitions(parts)
         for p in parts:
             self.event_q.setdefault(p, deque())
             self.label_q.setdefault(p, deque())
@@ -599,7 +646,7 @@ class StreamDetector:
                 conn = connection_id(ev)
                 st = conns.get(conn)
                 if st is None:
-                    st = conns[conn] = ConnState(partition=p)
+                    st = conns[conn] = self.idle.revive(conn, p)
                 st.recent.append((ev.log_id, ev.secs))
                 st.n_seen += 1
                 st.last_secs = ev.secs
@@ -679,6 +726,8 @@ class StreamDetector:
         batch = np.asarray(self.batch.predict(features, np.concatenate(numeric)), dtype="float64")
         self.stats.model_secs += time.perf_counter() - t0
         rows = [row for block in blocks for row in block]
+        if self.cutoff_log is not None:
+            self.cutoff_log.extend(rows)
         online = np.concatenate(online)
         weight = np.concatenate(weight)  # 0 where there is no online score
         has_online = ~np.isnan(online)
@@ -738,6 +787,9 @@ class StreamDetector:
                 conn = lab.connection
                 st = dirty.get(conn) or conns.get(conn)
                 if st is None:
+                    if conn in self.idle:  # its cutoffs went with it: the label can settle none
+                        applied += 1
+                        continue
                     st = conns[conn] = ConnState(partition=p)
                 st.labels[lab.log_id] = (lab.malicious, lab.secs, arrival)
                 if lab.malicious and lab.secs > st.last_malicious_secs:
@@ -800,12 +852,19 @@ class StreamDetector:
         self.unlearnt.clear()
 
     def _drop_idle(self, now_secs: int) -> None:
+        """Move connections idle for ``idle_drop_secs`` to :attr:`idle`, which keeps their
+        counts only: their pending cutoffs, whose label windows wait for events that may
+        never come, go with them."""
         horizon = now_secs - self.idle_drop_secs
         idle = [c for c, st in self.conns.items() if st.last_secs < horizon and st.last_secs >= 0]
-        for conn in idle:  # the engine drops its own idle windows in advance()
-            del self.conns[conn]
         if idle:
-            log.debug("dropped %d idle connections", len(idle))
+            # Their queued cutoffs are scored first, while their state (the cooldown) is here:
+            # whether an alert is published must not depend on where a feature batch ended.
+            self._flush_scores()
+        for conn in idle:  # the engine drops its own idle windows in advance()
+            self.stats.forgotten += self.idle.remember(conn, self.conns.pop(conn))
+        if idle:
+            log.debug("dropped %d idle connections (%d remembered)", len(idle), len(self.idle))
         for st in self.conns.values():
             st.prune(self.cfg.label_spec)
 
@@ -840,6 +899,7 @@ class StreamDetector:
             "next_sweep": self.next_sweep,
             "online": self.online.to_bytes(),
             "conns": self.conns,
+            "idle": self.idle.counts,
         }
 
     def _save_checkpoint(self, offsets: dict) -> None:
@@ -869,6 +929,7 @@ class StreamDetector:
             self.online = OnlineModel.from_bytes(ckpt["online"])
             self.step = ModelStep(snapshot=self.online.snapshot())
         self.conns = ckpt["conns"]
+        self.idle.counts = ckpt.get("idle", {})  # absent from checkpoints written before it existed
         self.processed_secs = ckpt["processed_secs"]
         self.next_boundary = ckpt["next_boundary"]
         self.next_sweep = ckpt["next_sweep"]
@@ -898,6 +959,8 @@ class StreamDetector:
             f"{s.busy_rate:,.0f} events/s from the first event to the last)",
             f"  peak memory        {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MB",
             f"  windows rebuilt    {s.rebuilt:,} events re-read from the log",
+            f"  connections        {len(self.conns):,} active, {len(self.idle):,} idle (their counts kept; "
+            f"{s.forgotten:,} forgotten beyond --max-idle-connections)",
             f"  cutoffs scored     {s.cutoffs:,} ({s.cutoffs / elapsed:,.0f} cutoffs/s)",
             f"  alerts published   {s.alerts:,} ({s.suppressed:,} more suppressed by the cooldown)",
             f"  labels applied     {s.labels:,}; online model learnt {s.learned:,} cutoffs "

@@ -194,6 +194,7 @@ def test_online_model_learns_only_from_labels_that_arrived(stream: dict):
     detector = StreamDetector(cfg, model, lambda: make_engine("compiled", model.features, model.window_secs),
                               model.explainer())  # fmt: skip
     detector.learn_log = []
+    detector.cutoff_log = []
     stats = detector.run()
     assert stats.learned > 0 and stats.learned_positive > 0
     assert len(detector.learn_log) == stats.learned
@@ -207,7 +208,14 @@ def test_online_model_learns_only_from_labels_that_arrived(stream: dict):
     # whole data at once).
     from training.labels import label_times
 
-    batch = label_times(stream["truth"], kind=model.kind, spec=model.label_spec).dropna(subset=["label"])
+    every = label_times(stream["truth"], kind=model.kind, spec=model.label_spec)
+    # The detector scores exactly the batch definition's cutoffs, those of connections that come
+    # back after more than a window of silence included (their counts outlive their windows).
+    scored = [(conn, int(secs), int(log_id)) for conn, secs, log_id in detector.cutoff_log]
+    assert len(set(scored)) == len(scored) == stats.cutoffs, "a cutoff was scored twice"
+    want = set(zip(every["connection_id"], every["cutoff_secs"].astype(int), every["log_id"].astype(int), strict=True))
+    assert set(scored) == want, f"{len(want - set(scored))} batch cutoffs not scored, {len(set(scored) - want)} extra"
+    batch = every.dropna(subset=["label"])
     expected = {(c, int(t)): bool(y) for c, t, y in zip(batch["connection_id"], batch["cutoff_secs"], batch["label"],
                                                          strict=True)}  # fmt: skip
     learnt = {(conn, int(secs)): bool(y) for _, conn, secs, y, _ in detector.learn_log}
@@ -216,20 +224,23 @@ def test_online_model_learns_only_from_labels_that_arrived(stream: dict):
     assert not wrong, f"{len(wrong)} learnt labels differ from the batch labels, e.g. {wrong[:3]}"
     # Every cutoff the stream can resolve is learnt: its label is True, or its window is full
     # (batch labels also decide windows cut short by the end of the data), its last label
-    # arrived a learning step before the stream's end, and its connection was never dropped as
-    # idle (no gap of a window's length: a connection that comes back starts counting afresh).
+    # arrived a learning step before the stream's end, and no silence of a window's length
+    # falls between it and its last label-window event (the detector drops an idle
+    # connection's pending cutoffs: their labels wait for events that may never come).
     truth = stream["truth"].assign(connection_id=stream["truth"]["src_name"] + " / " + stream["truth"]["dest_name"])
     size = truth["connection_id"].value_counts()
-    gaps = truth.sort_values("secs").groupby("connection_id")["secs"].agg(lambda s: s.diff().max())
-    never_idle = set(gaps.index[gaps.fillna(0) < model.window_secs])
+    ordered = truth.sort_values(["connection_id", "secs", "log_id"])
+    silences = ordered.assign(gap=ordered.groupby("connection_id")["secs"].diff())
+    silences = silences[silences["gap"] > model.window_secs].groupby("connection_id")["secs"].apply(list).to_dict()
     last = int(truth["secs"].max())
     resolvable = {
         (c, int(t)) for c, t, k, y, end in zip(batch["connection_id"], batch["cutoff_secs"], batch["cutoff_index"],
                                                batch["label"], batch["label_end_secs"], strict=True)
         if (y or k + model.label_spec.horizon <= size[c]) and end + LABEL_DELAY + cfg.learn_every_secs < last
-        and c in never_idle
+        and not any(t < back <= end for back in silences.get(c, ()))
     }  # fmt: skip
     assert len(resolvable) > 0.7 * len(expected)
+    assert any(silences.get(c) and t > min(silences[c]) for c, t in resolvable), "no connection came back"
     missing = resolvable - set(learnt)
     assert not missing, f"{len(missing)} resolvable cutoffs were not learnt, e.g. {sorted(missing)[:3]}"
 
