@@ -90,17 +90,13 @@ def second_plan(model, events: list, batch_size: int = 4096) -> list[tuple[int, 
     conn_of = connection_id_of(model.kind)
     min_events = model.label_spec.min_events
     seen: dict[str, int] = defaultdict(int)
-    last: dict[str, int] = {}
     plan, queued = [], 0
     for s, group in groupby(events, key=lambda e: e.secs):
         evs = list(group)
         touched = set()
         for ev in evs:
             c = conn_of(ev)
-            if s - last.get(c, s) > model.window_secs:  # the detector forgets a connection idle this long
-                seen[c] = 0
             seen[c] += 1
-            last[c] = s
             touched.add(c)
         cuts = [(c, s) for c in sorted(touched) if seen[c] - 1 >= min_events]
         queued += len(cuts)
