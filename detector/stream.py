@@ -787,10 +787,13 @@ class StreamDetector:
                 conn = lab.connection
                 st = dirty.get(conn) or conns.get(conn)
                 if st is None:
-                    if conn in self.idle:  # its cutoffs went with it: the label can settle none
-                        applied += 1
-                        continue
-                    st = conns[conn] = ConnState(partition=p)
+                    # Every event before the boundary is processed by now, so this label's event
+                    # was not processed here with its connection kept: the connection went idle
+                    # (its cutoffs with it) or its events went to another member before a
+                    # rebalance. It can settle no cutoff, and keeping it would keep the
+                    # connection forever (one without events is never idle).
+                    applied += 1
+                    continue
                 st.labels[lab.log_id] = (lab.malicious, lab.secs, arrival)
                 if lab.malicious and lab.secs > st.last_malicious_secs:
                     st.last_malicious_secs = lab.secs
