@@ -177,6 +177,42 @@ def test_restart_after_sigkill_yields_the_same_alerts(stream: dict, uninterrupte
         assert by_id[aid]["score"] == pytest.approx(a["score"], abs=1e-6)
 
 
+def test_a_restart_mid_stream_scores_every_batch_cutoff_exactly_once(stream: dict):
+    """A detector stopped halfway (committing a checkpoint) and another resuming from it score,
+    together, exactly the batch definition's cutoffs: the idle connections' counts travel in
+    the checkpoint, so connections that come back after the restart count on."""
+    from detector.features import make_engine
+    from detector.models import load_batch_model
+    from detector.stream import DetectorConfig, StreamDetector
+    from training.labels import label_times
+
+    model = load_batch_model(stream["models"])
+    t = stream["topics"]
+    group = f"det-r-{uuid.uuid4().hex[:6]}"
+    logs, idle_at_restart = [], 0
+    for max_events in (len(stream["truth"]) // 2, None):
+        cfg = DetectorConfig(
+            bootstrap=stream["bootstrap"], group_id=group, events_topic=t["events"], labels_topic=t["labels"],
+            alerts_topic=f"alerts-{group}", dlq_topic=t["dlq"], checkpoint_path=stream["root"] / f"{group}.ckpt",
+            kind=model.kind, window_secs=model.window_secs, label_spec=model.label_spec, threshold=model.threshold,
+            idle_timeout=4, log_every_secs=5, max_events=max_events,
+        )  # fmt: skip
+        detector = StreamDetector(cfg, model, lambda: make_engine("compiled", model.features, model.window_secs),
+                                  model.explainer())  # fmt: skip
+        detector.cutoff_log = []
+        detector.run()
+        logs.append(detector.cutoff_log)
+        if max_events is not None:
+            idle_at_restart = len(pickle.loads(cfg.checkpoint_path.read_bytes())["idle"])
+    assert idle_at_restart > 0, "the restart must hold idle connections for the test to mean anything"
+    assert logs[0] and logs[1]
+    scored = [(c, int(secs), int(log_id)) for c, secs, log_id in logs[0] + logs[1]]
+    every = label_times(stream["truth"], kind=model.kind, spec=model.label_spec)
+    want = set(zip(every["connection_id"], every["cutoff_secs"].astype(int), every["log_id"].astype(int), strict=True))
+    assert len(scored) == len(set(scored)), "a cutoff was scored twice"
+    assert set(scored) == want, f"{len(want - set(scored))} batch cutoffs not scored, {len(set(scored) - want)} extra"
+
+
 def test_online_model_learns_only_from_labels_that_arrived(stream: dict):
     from detector.features import make_engine
     from detector.models import load_batch_model
