@@ -1,10 +1,12 @@
 """What one event costs in the detector's libraries alone: a floor under its CPU per event.
 
 Usage: .venv/bin/python bench/bench_floor.py --data CSV --model-dir DIR [--bootstrap-servers H:P]
+       [--rounds N] [--learn-every-secs S]
 
-The file is replayed at --speed max into fresh topics, then each piece of work the
-detector cannot do without is timed on its own, in CPU seconds of this process (every
-thread), over the same events and cutoffs the detector sees:
+The file is replayed at --speed max into fresh topics. Each round then runs one
+`cyberstream detect` on them and, right after it (the machine's speed swings), times each
+piece of work the detector cannot do without on its own, in CPU seconds of this process
+(every thread), over the same events and cutoffs the detector sees:
 
 1. librdkafka: a bare consumer reads both topics to their ends (an event and its label);
 2. decoding and validating every record (``decode_event``, ``decode_label``);
@@ -16,8 +18,7 @@ thread), over the same events and cutoffs the detector sees:
 
 Nothing here is the detector's own bookkeeping (queues, labels, pending cutoffs, commits),
 so the sum is a floor: one detector process cannot be faster than 1e6 / floor events/s on
-this machine today. `bench_detector.py` runs the detector itself on the same file; this
-script also runs one detector on the same topics so the two are measured side by side.
+the machine of that moment; the detector's own CPU per event is printed beside it.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from cyberstream.broker import running_broker  # noqa: E402
 from cyberstream.connections import connection_id_of  # noqa: E402
 from cyberstream.kafka_io import ensure_topics  # noqa: E402
 from cyberstream.schema import decode_event, decode_label  # noqa: E402
-from detector.detect_cmd import _tune_gc  # noqa: E402
+from detector.detect_cmd import tune_gc  # noqa: E402
 from detector.features import make_engine  # noqa: E402
 from detector.models import load_batch_model  # noqa: E402
 from detector.online import OnlineModel  # noqa: E402
@@ -186,7 +187,7 @@ def main() -> int:
 
     threadpool_limits(limits=1)  # as the detector runs its models
     model = load_batch_model(args.model_dir)
-    _tune_gc()  # as the detector does once loaded
+    tune_gc()  # as the detector does once loaded
     with running_broker(args.bootstrap_servers) as bootstrap, tempfile.TemporaryDirectory() as tmp:
         t = topics("floor")
         ensure_topics(bootstrap, {t["events"]: PARTITIONS, t["labels"]: PARTITIONS})

@@ -144,14 +144,14 @@ def run(args: argparse.Namespace) -> int:
              f"; {len(fallback)} fall back to featuretools: {', '.join(fallback)}" if fallback else "",
              model.window_secs, cfg.threshold, model.kind)  # fmt: skip
     detector.install_signal_handlers()
-    _tune_gc()
+    tune_gc()
     stats = detector.run()
     print(detector.summary(), file=sys.stderr)
     lock.close()
     return 0 if stats is not None else 1
 
 
-def _tune_gc() -> None:
+def tune_gc() -> None:
     """Fewer cyclic-GC passes: the detector allocates a few objects per record and keeps
     large live state, and with the default gen-0 threshold of 700 allocations the
     collector's traversals cost about a sixth of the run. What is loaded by now (models,
