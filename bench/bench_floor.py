@@ -33,6 +33,7 @@ from itertools import groupby
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -40,14 +41,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_detector import PARTITIONS, detect, produce, topics  # noqa: E402
 
 from cyberstream.broker import running_broker  # noqa: E402
-from cyberstream.connections import connection_id_of  # noqa: E402
 from cyberstream.kafka_io import ensure_topics  # noqa: E402
-from cyberstream.schema import decode_event, decode_label  # noqa: E402
+from cyberstream.schema import EVENT_FIELDS, decode_event, decode_label  # noqa: E402
 from detector.detect_cmd import tune_gc  # noqa: E402
 from detector.features import make_engine  # noqa: E402
 from detector.models import load_batch_model  # noqa: E402
 from detector.online import OnlineModel  # noqa: E402
 from detector.rdkafka_io import take  # noqa: E402
+from training.labels import label_times  # noqa: E402
 from training.model import numeric_values  # noqa: E402
 
 
@@ -86,22 +87,18 @@ def timed(fn, *args):
 
 def second_plan(model, events: list, batch_size: int = 4096) -> list[tuple[int, list, list, bool]]:
     """The detector's work list, worked out beforehand so that only the engine is timed:
-    per second, its events, the cutoffs it queues (each connection with enough earlier
-    events), and whether a feature batch closes after it."""
-    conn_of = connection_id_of(model.kind)
-    min_events = model.label_spec.min_events
-    seen: dict[str, int] = defaultdict(int)
+    per second, its events, the cutoffs it queues (the label definition's, in the detector's
+    order), and whether a feature batch closes after it."""
+    frame = pd.DataFrame(events, columns=list(EVENT_FIELDS)).assign(label=False)
+    cuts_at: dict[int, list[str]] = defaultdict(list)
+    cutoffs = label_times(frame, kind=model.kind, spec=model.label_spec)
+    for conn, secs in zip(cutoffs["connection_id"], cutoffs["cutoff_secs"].tolist(), strict=True):
+        cuts_at[secs].append(conn)
     plan, queued = [], 0
     for s, group in groupby(events, key=lambda e: e.secs):
-        evs = list(group)
-        touched = set()
-        for ev in evs:
-            c = conn_of(ev)
-            seen[c] += 1
-            touched.add(c)
-        cuts = [(c, s) for c in sorted(touched) if seen[c] - 1 >= min_events]
+        cuts = [(c, s) for c in sorted(cuts_at.get(s, ()))]
         queued += len(cuts)
-        plan.append((s, evs, cuts, queued >= batch_size))
+        plan.append((s, list(group), cuts, queued >= batch_size))
         queued = 0 if queued >= batch_size else queued
     return plan
 

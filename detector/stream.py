@@ -864,9 +864,8 @@ class StreamDetector:
             # Their queued cutoffs are scored first, while their state (the cooldown) is here:
             # whether an alert is published must not depend on where a feature batch ended.
             self._flush_scores()
-        for conn in idle:  # the engine drops its own idle windows in advance()
-            self.stats.forgotten += self.idle.remember(conn, self.conns.pop(conn))
-        if idle:
+            for conn in idle:  # the engine drops its own idle windows in advance()
+                self.stats.forgotten += self.idle.remember(conn, self.conns.pop(conn))
             log.debug("dropped %d idle connections (%d remembered)", len(idle), len(self.idle))
         for st in self.conns.values():
             st.prune(self.cfg.label_spec)
