@@ -206,6 +206,67 @@ def feature_definitions(
     return filter_features(run_dfs(events_sample, kind), kind, time_features)
 
 
+#: the parents whose distinct users / hosts DFS counts (the edges are counted through them)
+_HISTORY_NODES = ("users", "source_hosts", "destination_hosts")
+_HISTORY_NODE_KEYS = ("user", "source_host", "destination_host")
+
+
+def run_history_dfs(events_sample: pd.DataFrame, kind: str = DEFAULT_CONNECTION,
+                    recent_secs: int = DEFAULT_WINDOW_SECS) -> list[ft.Feature]:  # fmt: skip
+    """Every history feature DFS proposes for the cutoff's event (target ``log``) on the
+    history EntitySet: per parent COUNT, COUNT_RECENT and TIME_SINCE its first event; per
+    host and user the distinct users / hosts ever, recently and first seen recently."""
+    from detector.features.primitives import CountRecent, NumFirstSeenRecent, NumUniqueRecent  # noqa: PLC0415
+
+    es = build_entityset(events_sample, kind, history=True)
+    columns = {"log": [*_HISTORY_NODE_KEYS, TIME]}
+    options = {p: {"include_dataframes": ["log"], "include_columns": columns}
+               for p in ("num_unique", "num_unique_recent", "num_first_seen_recent")}  # fmt: skip
+    options["count_recent"] = {"include_dataframes": ["log"], "include_columns": {"log": [TIME]}}
+    with _quiet_featuretools():
+        proposed = ft.dfs(
+            entityset=es,
+            target_dataframe_name="log",
+            max_depth=2,
+            agg_primitives=[ft.primitives.Count, ft.primitives.NumUnique, CountRecent(recent_secs),
+                            NumUniqueRecent(recent_secs), NumFirstSeenRecent(recent_secs)],
+            trans_primitives=[ft.primitives.TimeSince],
+            ignore_dataframes=[target_dataframe(kind)] if kind != "name_host_pair" else [],
+            primitive_options=options,
+            features_only=True,
+        )  # fmt: skip
+    return proposed
+
+
+def history_drop_reason(feature: ft.Feature) -> str | None:
+    """Why a proposed history feature is not kept (None: kept)."""
+    from detector.features.history import HistoryUnsupported, compile_history  # noqa: PLC0415
+
+    if "label" in feature_columns(feature):
+        return "derived from the label"
+    try:
+        spec, _ = compile_history(feature)
+    except HistoryUnsupported as exc:
+        return f"not a history feature of the engine ({exc})"
+    if spec.edge and spec.parent not in _HISTORY_NODES:
+        return "distinct counts only on hosts and users"
+    return None
+
+
+def history_feature_definitions(
+    events_sample: pd.DataFrame, kind: str = DEFAULT_CONNECTION, recent_secs: int = DEFAULT_WINDOW_SECS
+) -> tuple[list[ft.Feature], dict[str, str]]:
+    """The history features to save (DFS on the history EntitySet, filtered) and the dropped ones."""
+    kept, dropped = [], {}
+    for f in run_history_dfs(events_sample, kind, recent_secs):
+        reason = history_drop_reason(f)
+        if reason is None:
+            kept.append(f)
+        else:
+            dropped[f.get_name()] = reason
+    return kept, dropped
+
+
 def save_features(features: list[ft.Feature], path: str | os.PathLike) -> None:
     ft.save_features(features, str(path))
 
