@@ -468,14 +468,20 @@ class StreamDetector:
             from_secs = (last_ms // 1000 - cfg.base_epoch) - cfg.window_secs + 1 if last_ms is not None else 0
         n = 0
         start = None
-        from_ms = (cfg.base_epoch + max(0, from_secs)) * 1000
+        # History features count every event so far: replay the partition from its start, the
+        # events before the window into the history state only.
+        history = getattr(self.engine, "needs_history", False)
+        from_ms = 0 if history else (cfg.base_epoch + max(0, from_secs)) * 1000
         for offset, value in read_partition(cfg.bootstrap, cfg.events_topic, partition, from_ms, end_offset, client):
             start = offset if start is None else start
             try:
                 ev = decode_event(value)
             except SchemaError:
                 continue
-            self.engine.observe(ev)
+            if history and ev.secs < from_secs:
+                self.engine.observe_history(ev)
+            else:
+                self.engine.observe(ev)
             n += 1
         self.stats.rebuilt += n
         if start is not None:

@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.joblib"
 FEATURES_FILE = "features.json"
+#: the history features (their own EntitySet, so their own featuretools file); absent without them
+HISTORY_FEATURES_FILE = "history_features.json"
 METADATA_FILE = "metadata.json"
 REPORT_FILE = "report.html"
 FORMAT_VERSION = 1
@@ -322,9 +324,20 @@ def save_model(
 
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
+    from detector.features.history import is_history_feature  # noqa: PLC0415
+
     joblib.dump(pipeline, model_dir / MODEL_FILE)
-    save_features(features, model_dir / FEATURES_FILE)
+    window = [f for f in features if not is_history_feature(f)]
+    history = [f for f in features if is_history_feature(f)]
+    if features != window + history:
+        raise ValueError("save_model wants the window features first, then the history features")
+    save_features(window, model_dir / FEATURES_FILE)
+    (model_dir / HISTORY_FEATURES_FILE).unlink(missing_ok=True)
     meta = dict(metadata)
+    if history:
+        save_features(history, model_dir / HISTORY_FEATURES_FILE)
+        meta.update(history_features_file=HISTORY_FEATURES_FILE,
+                    history_features_sha256=sha256_file(model_dir / HISTORY_FEATURES_FILE))
     meta.update(
         format_version=FORMAT_VERSION,
         library_versions=library_versions(),
@@ -406,7 +419,10 @@ def load_model(model_dir: str | os.PathLike) -> TrainedModel:
             f"{meta_path}: artifact format {meta.get('format_version')!r}, this version reads {FORMAT_VERSION}; "
             "retrain with `cyberstream train`"
         )
-    for file_key, sum_key in (("model_file", "sha256"), ("features_file", "features_sha256")):
+    files = [("model_file", "sha256"), ("features_file", "features_sha256")]
+    if "history_features_file" in meta:
+        files.append(("history_features_file", "history_features_sha256"))
+    for file_key, sum_key in files:
         path = model_dir / meta[file_key]
         if not path.is_file():
             raise ModelLoadError(f"{path} is missing (named in {meta_path}); retrain with `cyberstream train`")
@@ -431,6 +447,10 @@ def load_model(model_dir: str | os.PathLike) -> TrainedModel:
 
     pipeline = joblib.load(model_dir / meta["model_file"])
     features = load_features(model_dir / meta["features_file"])
+    if "history_features_file" in meta:
+        import detector.features.primitives  # noqa: F401, PLC0415  (registers the history primitives)
+
+        features = features + load_features(model_dir / meta["history_features_file"])
     names = [f.get_name() for f in features]
     if names != meta["feature_names"]:
         raise ModelLoadError(f"{model_dir}: features.json and metadata.json list different features; retrain")

@@ -79,6 +79,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--time-features", choices=("drop", "keep"), default="drop",
                    help="features over absolute time such as MAX(log.secs): drop (default) or keep; "
                         "the report shows the other choice too")
+    g.add_argument("--history-features", choices=("on", "off"), default="on",
+                   help="the history features of the cutoff's event (its user, hosts and edges over all time "
+                        "and the last window: new users on the source host, unseen edges ...): on (default) or "
+                        "off (the demo's window features only)")
     g.add_argument("--classifiers", default="hist_gradient_boosting,logistic_regression,random_forest",
                    help="comma-separated candidates; the best validation PR AUC wins (default %(default)s)")
     g.add_argument("--max-alerts-per-day", type=float, default=None,
@@ -209,6 +213,12 @@ def train(args: argparse.Namespace, spec, classifiers: list[str]) -> int:
     saved_features, dropped = dfs.filter_features(proposed, args.connection, args.time_features)
     other_features, _ = dfs.filter_features(proposed, args.connection, other_policy)
     all_features, _ = dfs.filter_features(proposed, args.connection, "keep")  # both of the above
+    if args.history_features == "on":
+        history, history_dropped = dfs.history_feature_definitions(events.head(DFS_SAMPLE_EVENTS), args.connection,
+                                                                   args.window_secs)  # fmt: skip
+        saved_features, other_features, all_features = (f + history for f in (saved_features, other_features,
+                                                                                all_features))  # fmt: skip
+        dropped.update(history_dropped)
     fm, engine_used = dfs.feature_matrix(events, sample, all_features, args.window_secs, args.connection, engine,
                                          base_epoch=args.base_epoch, progress=progress)
     steps.done("features", f"{len(all_features)} computed ({len(saved_features)} saved) for {len(sample):,} "
