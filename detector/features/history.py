@@ -180,7 +180,9 @@ class HistoryEngine:
         self._attrs = attrgetter(*ATTRIBUTE_FIELDS)
         self._conn = attrgetter(*connection_fields(kind))
         self._conn_single = len(connection_fields(kind)) == 1
-        self._pending: list[Event] = []
+        self._pending: list[Event] = []  # observed events; those before ``_done`` are applied
+        self._done = 0
+        self._unsorted = False
         self._window: deque[tuple[int, tuple]] = deque()  # (secs, keys) of applied events in the window
         self._first_seen: deque[tuple[int, dict, object]] = deque()  # (first secs, counters, end key)
         self._last: dict[str, tuple] = {}  # connection -> (secs, attrs, keys) of its last applied event
@@ -194,13 +196,20 @@ class HistoryEngine:
 
     # -- input ----------------------------------------------------------------------------
     def observe(self, event: Event) -> None:
-        self._check_late(event.secs)
-        self._pending.append(event)
-        self._observed += 1
+        self.observe_many((event,))
 
     def observe_many(self, events: Sequence[Event]) -> None:
-        for event in events:
-            self.observe(event)
+        if not events:
+            return
+        self._check_late(min(e.secs for e in events))
+        pending = self._pending
+        last = pending[-1].secs if len(pending) > self._done else None
+        for e in events:  # keep the pending list in time order (rarely needed: events come in order)
+            if last is not None and e.secs < last:
+                self._unsorted = True
+            last = e.secs
+        pending.extend(events)
+        self._observed += len(events)
 
     def observe_frame(self, events: pd.DataFrame) -> None:
         if events.empty:
@@ -209,9 +218,7 @@ class HistoryEngine:
         cols[1] = events["secs"].to_numpy(dtype=np.int64).tolist()
         for i in range(5, len(cols)):  # attributes: NaN -> None, as the schema parses "?"
             cols[i] = [None if (isinstance(v, float) and v != v) else v for v in cols[i]]
-        self._check_late(int(min(cols[1])))
-        self._pending.extend(Event(*row) for row in zip(*cols, strict=True))
-        self._observed += len(events)
+        self.observe_many([Event(*row) for row in zip(*cols, strict=True)])
 
     def _check_late(self, secs: int) -> None:
         if self._asked_until is not None and secs <= self._asked_until:
@@ -220,18 +227,19 @@ class HistoryEngine:
     # -- state ----------------------------------------------------------------------------
     def _apply(self, until: int) -> None:
         """Fold pending events with ``secs <= until`` into the maps, in time order."""
-        if not self._pending:
+        pending, start = self._pending, self._done
+        if start == len(pending) or pending[start].secs > until and not self._unsorted:
             return
-        pending = self._pending
-        if any(pending[i].secs > pending[i + 1].secs for i in range(len(pending) - 1)):
-            pending.sort(key=attrgetter("secs"))
-        n = len(pending)
-        if pending[-1].secs > until:
-            n = next(i for i, e in enumerate(pending) if e.secs > until)
+        if self._unsorted:
+            pending[start:] = sorted(pending[start:], key=attrgetter("secs"))
+            self._unsorted = False
+        n = start
+        while n < len(pending) and pending[n].secs <= until:
+            n += 1
         maps, getters, ends = self._maps, self._getters, self._ends
         window_append, first_append = self._window.append, self._first_seen.append
         evict_to = None
-        for e in pending[:n]:
+        for e in pending[start:n]:
             t = e.secs
             if evict_to is None or t - self.window_secs > evict_to:
                 evict_to = t - self.window_secs
@@ -258,7 +266,10 @@ class HistoryEngine:
             window_append((t, keys))
             cid = self._conn(e)
             self._last[cid if self._conn_single else " / ".join(cid)] = (t, self._attrs(e), keys)
-        del pending[:n]
+        if n > 4096 and n * 2 > len(pending):  # forget applied events now and then, not at every call
+            del pending[:n]
+            n = 0
+        self._done = n
         self._applied_until = until if self._applied_until is None else max(self._applied_until, until)
 
     def _evict(self, oldest: int) -> None:
@@ -386,7 +397,7 @@ class HistoryEngine:
             connections=len(self._last),
             pairs=len(self._maps[self.parents.index(PAIRS)]) if PAIRS in self.parents else 0,
             window_events=len(self._window),
-            pending_events=len(self._pending),
+            pending_events=len(self._pending) - self._done,
             events_observed=self._observed,
             cutoffs_computed=self._cutoffs,
             capped_events=self.forgotten,
