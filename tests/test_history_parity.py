@@ -55,12 +55,12 @@ def _compare(got: pd.DataFrame, want: pd.DataFrame) -> list[str]:
     return bad
 
 
-@pytest.mark.parametrize("seed,recent_secs", [(1, 30), (2, 400), (3, 5_000), (4, 86_400)])
+@pytest.mark.parametrize("seed,recent_secs", [(1, 30), (2, 900), (4, 86_400)])
 def test_history_engine_equals_featuretools(seed: int, recent_secs: int, tmp_path) -> None:
     defs = _defs(recent_secs, tmp_path)
     events = random_stream(seed, n_events=900, n_sessions=60)
-    cutoffs = _cutoffs(events, seed, n_times=25)
-    assert len(cutoffs) > 200
+    cutoffs = _cutoffs(events, seed, n_times=14)
+    assert len(cutoffs) > 120
     engine = HistoryEngine(defs, 86_400)
     assert engine.window_secs == recent_secs  # the primitives' window, saved with them
     rows, parts, pos = [], [], 0

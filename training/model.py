@@ -268,6 +268,43 @@ def choose_threshold(
     return float(thresholds[best]), how
 
 
+#: false alerts per day at which the training report gives the recall (an analyst's budget)
+BUDGETS = (1, 5, 10, 20)
+
+
+def budget_threshold(y: np.ndarray, score: np.ndarray, weight: np.ndarray, days: float,
+                     false_alerts_per_day: float) -> float:  # fmt: skip
+    """The lowest threshold whose weighted false alerts per day stay within the budget.
+
+    Analysts work to a number of alerts a day, not to an F1 score: this alerts on as many
+    cutoffs as the budget of false ones allows (the most recall it can buy). With no
+    negative above any score the lowest score is returned.
+    """
+    y = np.asarray(y, dtype=bool)
+    order = np.argsort(-score, kind="stable")
+    s, neg = score[order], np.where(y[order], 0.0, weight[order])
+    fp_per_day = np.cumsum(neg) / max(days, 1e-9)  # false alerts per day alerting on s[:i+1]
+    # thresholds are distinct scores: the false alerts of a threshold are those of its last tie
+    last_of_tie = np.r_[s[1:] != s[:-1], True]
+    ok = last_of_tie & (fp_per_day <= false_alerts_per_day)
+    if not ok.any():
+        return float(s[0]) + 1e-12 if len(s) else 1.0
+    return float(s[np.flatnonzero(ok)[-1]])
+
+
+def recall_at_budgets(y: np.ndarray, score: np.ndarray, weight: np.ndarray, days: float,
+                      budgets: tuple[float, ...] = BUDGETS) -> dict[str, float | None]:  # fmt: skip
+    """Recall of the positive cutoffs at each budget of false alerts per day."""
+    y = np.asarray(y, dtype=bool)
+    if not y.any():
+        return {str(b): None for b in budgets}
+    out = {}
+    for b in budgets:
+        thr = budget_threshold(y, score, weight, days, b)
+        out[str(b)] = float(weight[y & (score >= thr)].sum() / weight[y].sum())
+    return out
+
+
 def evaluate(y: np.ndarray, score: np.ndarray, weight: np.ndarray, threshold: float, days: float) -> dict[str, Any]:
     """ROC AUC, PR AUC (average precision), precision, recall, alerts per day at ``threshold``."""
     y = np.asarray(y, dtype=bool)
@@ -286,6 +323,8 @@ def evaluate(y: np.ndarray, score: np.ndarray, weight: np.ndarray, threshold: fl
         "cutoffs": int(len(y)),
         "positives": int(y.sum()),
         "weighted_cutoffs": float(weight.sum()),
+        "false_alerts_per_day": fp / days if days > 0 else None,
+        "recall_at_false_alerts_per_day": recall_at_budgets(y, score, weight, days) if days > 0 else {},
     }
 
 
@@ -329,7 +368,7 @@ def save_model(
     joblib.dump(pipeline, model_dir / MODEL_FILE)
     window = [f for f in features if not is_history_feature(f)]
     history = [f for f in features if is_history_feature(f)]
-    if features != window + history:
+    if [f.get_name() for f in features] != [f.get_name() for f in window + history]:
         raise ValueError("save_model wants the window features first, then the history features")
     save_features(window, model_dir / FEATURES_FILE)
     (model_dir / HISTORY_FEATURES_FILE).unlink(missing_ok=True)

@@ -34,6 +34,8 @@ DEFAULT_MAX_CUTOFFS = {"compiled": None, "oracle": 10_000}
 DEFAULT_NEGATIVES_PER_POSITIVE = 20.0
 DEFAULT_VALID_NEGATIVES = 100_000  # all of them on the generator's ten days: exact validation figures
 DFS_SAMPLE_EVENTS = 2_000
+#: the history feature that says whether the cutoff's name-host pair was first seen in its second
+UNSEEN_EDGE_FEATURE = "name_host_pairs.TIME_SINCE(first_log_time)"
 IMPORTANCE_NEGATIVES = 3_000
 
 
@@ -85,9 +87,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         "off (the demo's window features only)")
     g.add_argument("--classifiers", default="hist_gradient_boosting,logistic_regression,random_forest",
                    help="comma-separated candidates; the best validation PR AUC wins (default %(default)s)")
+    g.add_argument("--alerts-per-day", type=float, default=config.DEFAULT_FALSE_ALERTS_PER_DAY,
+                   help="threshold: the lowest one that gives at most this many FALSE alerts per day on the "
+                        "validation period (an analyst's budget; default %(default)s). 0 or less: maximise F1")
     g.add_argument("--max-alerts-per-day", type=float, default=None,
-                   help="threshold: maximise F1 among thresholds with at most this many alerts per day "
-                        "(default: maximise F1)")
+                   help="with --alerts-per-day 0: maximise F1 among thresholds with at most this many alerts "
+                        "per day (default: no cap)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -242,7 +247,11 @@ def train(args: argparse.Namespace, spec, classifiers: list[str]) -> int:
         pipe = model.build_pipeline(name, num, cat, args.seed)
         pipe.fit(fm.loc[train_mask, num + cat], y[train_mask])
         s = model.scores(pipe, fm.loc[test_mask, num + cat])
-        thr, how = model.choose_threshold(y[test_mask], s, w[test_mask], days, args.max_alerts_per_day)
+        if args.alerts_per_day > 0 and y[test_mask].any():
+            thr = model.budget_threshold(y[test_mask], s, w[test_mask], days, args.alerts_per_day)
+            how = f"the lowest with at most {args.alerts_per_day:g} false alerts per day on validation"
+        else:
+            thr, how = model.choose_threshold(y[test_mask], s, w[test_mask], days, args.max_alerts_per_day)
         return pipe, s, model.evaluate(y[test_mask], s, w[test_mask], thr, days), how
 
     candidates, fitted = {}, {}
@@ -264,6 +273,16 @@ def train(args: argparse.Namespace, spec, classifiers: list[str]) -> int:
     baseline = {"score": base_name, **model.evaluate(yv, base[~is_train], wv, b_thr, valid_days)}
 
     comparisons = {}
+    if UNSEEN_EDGE_FEATURE in fm.columns:  # the one-line rule: alert when the event's edge is new this second
+        rule = (fm[UNSEEN_EDGE_FEATURE].to_numpy(dtype=float) == 0).astype(float)
+        comparisons["unseen-edge rule (name-host pair first seen at the cutoff)"] = model.evaluate(
+            yv, rule[~is_train], wv, 1.0, valid_days)
+    if args.history_features == "on":
+        from detector.features.history import is_history_feature
+
+        window_only = [f for f in saved_features if not is_history_feature(f)]
+        _, _, m, _ = fit_eval(best, window_only, is_train, ~is_train, valid_days)
+        comparisons[f"without history features ({len(window_only)} features)"] = m
     _, _, m, _ = fit_eval(best, other_features, is_train, ~is_train, valid_days)
     comparisons[f"time features: {other_policy} ({len(other_features)} features)"] = m
     rng = np.random.default_rng(args.seed)
@@ -416,5 +435,10 @@ def _print_summary(args, meta: dict, steps: _Steps) -> None:
                      f"{_f(m['recall']):>8} {_f(m['alerts_per_day']):>10}")  # fmt: skip
     for name, m in meta["comparisons"].items():
         lines.append(f"  {'':14}  {_f(m['roc_auc']):>8} {_f(m['pr_auc']):>8}   <- {name}")
+    lines.append("  recall of positive validation cutoffs at N false alerts per day:")
+    for name, m in (("validation", v), ("baseline", b), *meta["comparisons"].items()):
+        at = m.get("recall_at_false_alerts_per_day") or {}
+        if at and "shuffled" not in name:
+            lines.append(f"    {'  '.join(f'{k:>2}: {_f(r):>5}' for k, r in at.items())}   {name}")
     lines.append(f"  wall time       {steps.total:.1f} s, peak memory {_peak_memory_mb():.0f} MB")
     print("\n".join(lines))

@@ -176,6 +176,13 @@ class HistoryEngine:
                 self._counters[(s.edge, s.parent)] = counters
                 end = PARENT_FIELDS[s.edge].index(PARENT_FIELDS[s.parent][0])
                 self._ends[self.parents.index(s.edge)].append((end, counters))
+        #: (kept parent index, end position in its key, counters) of each edge end read, and its position
+        self._end_sources: list[tuple[int, int, dict]] = []
+        self._end_index: dict[tuple[str, str], int] = {}
+        for (edge, parent), counters in self._counters.items():
+            end = PARENT_FIELDS[edge].index(PARENT_FIELDS[parent][0])
+            self._end_index[(edge, parent)] = len(self._end_sources)
+            self._end_sources.append((self.parents.index(edge), end, counters))
         self._attr_index = {f: i for i, f in enumerate(ATTRIBUTE_FIELDS)}
         self._attrs = attrgetter(*ATTRIBUTE_FIELDS)
         self._conn = attrgetter(*connection_fields(kind))
@@ -188,7 +195,6 @@ class HistoryEngine:
         self._last: dict[str, tuple] = {}  # connection -> (secs, attrs, keys) of its last applied event
         self._applied_until: int | None = None
         self._asked_until: int | None = None
-        self._reader_fns: list | None = None
         self.forgotten = 0
         self.over_cap = 0
         self._observed = 0
@@ -244,7 +250,7 @@ class HistoryEngine:
             if evict_to is None or t - self.window_secs > evict_to:
                 evict_to = t - self.window_secs
                 self._evict(evict_to)
-            keys = tuple(get(e) for get in getters)
+            keys = [get(e) for get in getters]
             for m, key, end_list in zip(maps, keys, ends, strict=True):
                 entry = m.get(key)
                 if entry is None:
@@ -297,59 +303,50 @@ class HistoryEngine:
         if cutoffs and self._asked_until is not None and min(t for _, t in cutoffs) < self._asked_until:
             raise ValueError(f"cutoff {min(t for _, t in cutoffs)} is before an earlier cutoff or watermark "
                              f"{self._asked_until}")  # fmt: skip
-        rows: list[list] = [[] for _ in cutoffs]
-        order = sorted(range(len(cutoffs)), key=lambda i: cutoffs[i][1])
+        n = len(cutoffs)
+        # Each cutoff takes a copy of the few entries it reads (its parents' and its edge ends'
+        # counters); the columns are then cut from those copies with numpy, not per value.
+        attrs: list = [None] * n
+        parents: list[list] = [[None] * n for _ in self.parents]
+        ends: list[list] = [[None] * n for _ in self._end_sources]
+        maps, sources = self._maps, self._end_sources
+        order = sorted(range(n), key=lambda i: cutoffs[i][1])
         at = None
         for i in order:
             c, t = cutoffs[i]
             if t != at:
                 self._move_to(t)
                 at = t
-            rows[i] = self._row(c, t)
+            last = self._last.get(c)
+            if last is None:
+                raise KeyError(f"cutoff ({c!r}, {t}) for a connection with no event observed (or forgotten)")
+            _, attrs[i], keys = last
+            for p, m in enumerate(maps):
+                parents[p][i] = m[keys[p]][:3]
+            for j, (p, end, counters) in enumerate(sources):
+                ends[j][i] = counters[keys[p][end]][:]
         if cutoffs:
-            self._asked_until = max(t for _, t in cutoffs) if self._asked_until is None else max(
-                self._asked_until, max(t for _, t in cutoffs))
-        self._cutoffs += len(cutoffs)
+            top = max(t for _, t in cutoffs)
+            self._asked_until = top if self._asked_until is None else max(self._asked_until, top)
+        self._cutoffs += n
+        t_arr = np.fromiter((t for _, t in cutoffs), dtype=np.float64, count=n)
+        parent_arr = [np.array(v, dtype=np.float64).reshape(n, 3) for v in parents]
+        end_arr = [np.array(v, dtype=np.float64).reshape(n, 3) for v in ends]
         columns = {}
-        for j, s in enumerate(self.specs):
-            values = [r[j] for r in rows]
-            if s.output == "category":
-                seen = sorted({v for v in values if v is not None})
-                columns[s.name] = make_column(np.array(values, dtype=object), "category", seen)
-            else:
-                columns[s.name] = make_column(np.array([np.nan if v is None else v for v in values], dtype=np.float64),
-                                              s.output)  # fmt: skip
-        return frame(cutoffs, self.kind, columns)
-
-    def _readers(self) -> list:
-        """One function per spec: (attrs, keys, t) -> value, with every index resolved once."""
-        out = []
         for s in self.specs:
             if s.op == "attr":
-                out.append(lambda attrs, keys, t, i=self._attr_index[s.column]: attrs[i])
-            elif s.edge:
-                p = self.parents.index(s.edge)
-                end = PARENT_FIELDS[s.edge].index(PARENT_FIELDS[s.parent][0])
-                field = {"num_unique": _DISTINCT, "num_unique_recent": _DISTINCT_RECENT}.get(s.op, _FIRST_RECENT)
-                counters = self._counters[(s.edge, s.parent)]
-                out.append(lambda attrs, keys, t, p=p, end=end, f=field, c=counters: c[keys[p][end]][f])
+                i = self._attr_index[s.column]
+                values = np.array([a[i] for a in attrs], dtype=object)
+                columns[s.name] = make_column(values, "category", sorted({v for v in values if v is not None}))
+                continue
+            if s.edge:
+                block = end_arr[self._end_index[(s.edge, s.parent)]]
+                col = block[:, {"num_unique": _DISTINCT, "num_unique_recent": _DISTINCT_RECENT}.get(s.op, _FIRST_RECENT)]
             else:
-                p, m = self.parents.index(s.parent), self._maps[self.parents.index(s.parent)]
-                if s.op == "time_since":
-                    out.append(lambda attrs, keys, t, p=p, m=m: float(t - m[keys[p]][_FIRST]))
-                else:
-                    f = _TOTAL if s.op == "count" else _RECENT
-                    out.append(lambda attrs, keys, t, p=p, m=m, f=f: m[keys[p]][f])
-        return out
-
-    def _row(self, conn: str, t: int) -> list:
-        last = self._last.get(conn)
-        if last is None:
-            raise KeyError(f"cutoff ({conn!r}, {t}) for a connection with no event observed (or forgotten)")
-        _, attrs, keys = last
-        if self._reader_fns is None:
-            self._reader_fns = self._readers()
-        return [read(attrs, keys, t) for read in self._reader_fns]
+                block = parent_arr[self.parents.index(s.parent)]
+                col = t_arr - block[:, _FIRST] if s.op == "time_since" else block[:, _TOTAL if s.op == "count" else _RECENT]
+            columns[s.name] = make_column(np.ascontiguousarray(col), s.output)
+        return frame(cutoffs, self.kind, columns)
 
     def advance(self, watermark_secs: int) -> None:
         w = int(watermark_secs)
