@@ -106,3 +106,5 @@ def replay_lateness_secs(speed: str | float) -> int:
 
 #: the alert budget training sets the threshold by: false alerts per day on its validation period
 DEFAULT_FALSE_ALERTS_PER_DAY = 10.0
+#: the detector alerts a connection at most once per this many seconds of event time
+DEFAULT_COOLDOWN_SECS = 3600

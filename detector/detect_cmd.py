@@ -40,7 +40,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="compiled incremental engine, or featuretools itself (slow; for checking)")
     parser.add_argument("--threshold", type=float, default=None,
                         help="alert threshold on the combined score (default: the model's, from metadata.json)")
-    parser.add_argument("--cooldown-secs", type=int, default=3600,
+    parser.add_argument("--cooldown-secs", type=int, default=config.DEFAULT_COOLDOWN_SECS,
                         help="event-time seconds after an alert during which the same connection "
                         "does not alert again (default: %(default)s)")
     parser.add_argument("--online-weight", type=float, default=0.5,

@@ -273,14 +273,18 @@ BUDGETS = (1, 5, 10, 20)
 
 
 def budget_threshold(y: np.ndarray, score: np.ndarray, weight: np.ndarray, days: float,
-                     false_alerts_per_day: float) -> float:  # fmt: skip
+                     false_alerts_per_day: float, groups: np.ndarray | None = None) -> float:  # fmt: skip
     """The lowest threshold whose weighted false alerts per day stay within the budget.
 
     Analysts work to a number of alerts a day, not to an F1 score: this alerts on as many
-    cutoffs as the budget of false ones allows (the most recall it can buy). With no
-    negative above any score the lowest score is returned.
+    cutoffs as the budget of false ones allows (the most recall it can buy). ``groups``
+    (e.g. connection and cooldown period of each cutoff) counts the negatives of one group
+    as one false alert, at the group's highest score, as the detector's cooldown does.
+    With no negative above any score the lowest score is returned.
     """
     y = np.asarray(y, dtype=bool)
+    if groups is not None:
+        score, weight, y = _one_negative_per_group(y, score, weight, np.asarray(groups))
     order = np.argsort(-score, kind="stable")
     s, neg = score[order], np.where(y[order], 0.0, weight[order])
     fp_per_day = np.cumsum(neg) / max(days, 1e-9)  # false alerts per day alerting on s[:i+1]
@@ -292,20 +296,31 @@ def budget_threshold(y: np.ndarray, score: np.ndarray, weight: np.ndarray, days:
     return float(s[np.flatnonzero(ok)[-1]])
 
 
+def _one_negative_per_group(y: np.ndarray, score: np.ndarray, weight: np.ndarray,
+                            groups: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """Positives as they are, and of each group's negatives the one with the highest score."""
+    neg = np.flatnonzero(~y)
+    frame = pd.DataFrame({"g": groups[neg], "s": score[neg], "i": neg}).sort_values("s", ascending=False)
+    keep = np.sort(np.r_[np.flatnonzero(y), frame.drop_duplicates("g")["i"].to_numpy()]).astype(np.int64)
+    return score[keep], weight[keep], y[keep]
+
+
 def recall_at_budgets(y: np.ndarray, score: np.ndarray, weight: np.ndarray, days: float,
-                      budgets: tuple[float, ...] = BUDGETS) -> dict[str, float | None]:  # fmt: skip
-    """Recall of the positive cutoffs at each budget of false alerts per day."""
+                      budgets: tuple[float, ...] = BUDGETS, groups: np.ndarray | None = None,
+                      ) -> dict[str, float | None]:  # fmt: skip
+    """Recall of the positive cutoffs at each budget of false alerts per day (see :func:`budget_threshold`)."""
     y = np.asarray(y, dtype=bool)
     if not y.any():
         return {str(b): None for b in budgets}
     out = {}
     for b in budgets:
-        thr = budget_threshold(y, score, weight, days, b)
+        thr = budget_threshold(y, score, weight, days, b, groups)
         out[str(b)] = float(weight[y & (score >= thr)].sum() / weight[y].sum())
     return out
 
 
-def evaluate(y: np.ndarray, score: np.ndarray, weight: np.ndarray, threshold: float, days: float) -> dict[str, Any]:
+def evaluate(y: np.ndarray, score: np.ndarray, weight: np.ndarray, threshold: float, days: float,
+             groups: np.ndarray | None = None) -> dict[str, Any]:
     """ROC AUC, PR AUC (average precision), precision, recall, alerts per day at ``threshold``."""
     y = np.asarray(y, dtype=bool)
     alert = score >= threshold
@@ -324,7 +339,7 @@ def evaluate(y: np.ndarray, score: np.ndarray, weight: np.ndarray, threshold: fl
         "positives": int(y.sum()),
         "weighted_cutoffs": float(weight.sum()),
         "false_alerts_per_day": fp / days if days > 0 else None,
-        "recall_at_false_alerts_per_day": recall_at_budgets(y, score, weight, days) if days > 0 else {},
+        "recall_at_false_alerts_per_day": recall_at_budgets(y, score, weight, days, groups=groups) if days > 0 else {},
     }
 
 

@@ -237,6 +237,10 @@ def train(args: argparse.Namespace, spec, classifiers: list[str]) -> int:
     yv, wv = y[~is_train], w[~is_train]
     valid_days = (hi - train_until) / model.SECONDS_PER_DAY
 
+    # The detector alerts a connection at most once per cooldown (an hour by default): false
+    # alerts are counted per connection and hour, as an analyst receives them.
+    alert_groups = (sample["connection_id"].astype(str) + "#" + (sample["cutoff_secs"] // config.DEFAULT_COOLDOWN_SECS).astype(str)).to_numpy()
+
     def columns(features):
         num = [f.get_name() for f in features if not dfs.is_categorical(f)]
         cat = [f.get_name() for f in features if dfs.is_categorical(f)]
@@ -247,12 +251,14 @@ def train(args: argparse.Namespace, spec, classifiers: list[str]) -> int:
         pipe = model.build_pipeline(name, num, cat, args.seed)
         pipe.fit(fm.loc[train_mask, num + cat], y[train_mask])
         s = model.scores(pipe, fm.loc[test_mask, num + cat])
+        g = alert_groups[test_mask]
         if args.alerts_per_day > 0 and y[test_mask].any():
-            thr = model.budget_threshold(y[test_mask], s, w[test_mask], days, args.alerts_per_day)
-            how = f"the lowest with at most {args.alerts_per_day:g} false alerts per day on validation"
+            thr = model.budget_threshold(y[test_mask], s, w[test_mask], days, args.alerts_per_day, g)
+            how = (f"the lowest with at most {args.alerts_per_day:g} false alerts per day on validation "
+                   "(a connection's negatives within one cooldown hour count once)")
         else:
             thr, how = model.choose_threshold(y[test_mask], s, w[test_mask], days, args.max_alerts_per_day)
-        return pipe, s, model.evaluate(y[test_mask], s, w[test_mask], thr, days), how
+        return pipe, s, model.evaluate(y[test_mask], s, w[test_mask], thr, days, g), how
 
     candidates, fitted = {}, {}
     for name in classifiers:
@@ -270,13 +276,14 @@ def train(args: argparse.Namespace, spec, classifiers: list[str]) -> int:
     base_name = dfs.baseline_feature(fm.columns)
     base = fm[base_name].fillna(0.0).to_numpy(dtype=float)
     b_thr, _ = model.choose_threshold(yv, base[~is_train], wv, valid_days, args.max_alerts_per_day)
-    baseline = {"score": base_name, **model.evaluate(yv, base[~is_train], wv, b_thr, valid_days)}
+    baseline = {"score": base_name, **model.evaluate(yv, base[~is_train], wv, b_thr, valid_days,
+                                                      alert_groups[~is_train])}
 
     comparisons = {}
     if UNSEEN_EDGE_FEATURE in fm.columns:  # the one-line rule: alert when the event's edge is new this second
         rule = (fm[UNSEEN_EDGE_FEATURE].to_numpy(dtype=float) == 0).astype(float)
         comparisons["unseen-edge rule (name-host pair first seen at the cutoff)"] = model.evaluate(
-            yv, rule[~is_train], wv, 1.0, valid_days)
+            yv, rule[~is_train], wv, 1.0, valid_days, alert_groups[~is_train])
     if args.history_features == "on":
         from detector.features.history import is_history_feature
 
