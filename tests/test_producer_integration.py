@@ -409,3 +409,62 @@ def test_replay_of_an_unsorted_file_slice_with_label_delay(kafka_bootstrap, tmp_
     for rec in labels:
         label = decode_label(rec.value)
         assert rec.timestamp == (BASE + label.secs + 120) * 1000
+
+
+# --------------------------------------------------------------------------------------
+# Failure paths
+# --------------------------------------------------------------------------------------
+class _RefusingProducer(FakeProducer):
+    """A producer whose sends fail at once, as kafka-python's do when no broker answers."""
+
+    def send(self, topic, key=None, value=None, partition=None, timestamp_ms=None):
+        from kafka.errors import KafkaTimeoutError
+
+        self.sent.append((topic, key, value, partition, timestamp_ms, self.clock()))
+        raise KafkaTimeoutError("Failed to update metadata after 60.0 secs.")
+
+
+def test_repeated_failed_sends_give_up_with_exit_3(tmp_path, no_admin, monkeypatch, capsys):
+    from producer.replay import MAX_CONSECUTIVE_SEND_ERRORS
+
+    path = _generated(tmp_path, days=1, events_per_day=500)
+    producer = _RefusingProducer()
+    monkeypatch.setattr(kafka_io, "make_producer", lambda bootstrap, **kw: producer)
+    code = cli_main(["produce", "--data", str(path), "--bootstrap-servers", "unused:9092", "--no-progress"])
+    assert code == 3
+    err = capsys.readouterr().err
+    assert (f"cyberstream produce: broker unreachable at unused:9092: {MAX_CONSECUTIVE_SEND_ERRORS} sends in a row "
+            "failed, last: KafkaTimeoutError") in err, err  # fmt: skip
+    assert len(producer.sent) == MAX_CONSECUTIVE_SEND_ERRORS and producer.flushed, "it stops at the limit"
+
+
+def test_ctrl_c_flushes_what_was_sent_and_exits_130(tmp_path, no_admin, monkeypatch, capsys):
+    path = _generated(tmp_path, days=1, events_per_day=500)
+
+    class Interrupted(FakeProducer):
+        def send(self, topic, *args, **kw):
+            if len(self.sent) == 100:
+                raise KeyboardInterrupt
+            return super().send(topic, *args, **kw)
+
+    producer = Interrupted()
+    monkeypatch.setattr(kafka_io, "make_producer", lambda bootstrap, **kw: producer)
+    code = cli_main(["produce", "--data", str(path), "--bootstrap-servers", "unused:9092", "--no-progress"])
+    assert code == 130
+    out = capsys.readouterr().out
+    assert producer.flushed and len(producer.sent) == 100
+    assert f"events sent     {len(producer.on('auth-events')):,}" in out, out
+
+
+@pytest.mark.integration
+def test_topics_with_different_partition_counts_are_refused_with_exit_2(kafka_bootstrap, tmp_path, capsys):
+    t = _topics()
+    kafka_io.ensure_topics(kafka_bootstrap, {t["events"]: 2, t["labels"]: 3})
+    path = _generated(tmp_path, days=1, events_per_day=200)
+    code = cli_main(["produce", "--data", str(path), "--bootstrap-servers", kafka_bootstrap, "--events-topic",
+                     t["events"], "--labels-topic", t["labels"], "--dlq-topic", t["dlq"], "--no-progress"])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert (f"topics {t['events']!r} (2 partitions) and {t['labels']!r} (3) must have the same partition count"
+            in err), err  # fmt: skip
+    assert _read_all(kafka_bootstrap, t["events"], 0) == [], "nothing was sent"
