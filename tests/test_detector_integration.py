@@ -624,9 +624,10 @@ def test_alert_scores_blend_the_online_model_as_documented(stream: dict, uninter
             continue
         assert a["score"] == pytest.approx((1 - w) * a["batch_score"] + w * a["online_score"], abs=2e-6), a
         positives = w / 0.5 * 20
-        assert 0 < w <= 0.5 and positives == pytest.approx(round(positives), abs=1e-3), a  # a whole count
+        assert 0 <= w <= 0.5 and positives == pytest.approx(round(positives), abs=1e-3), a  # a whole count
         weights.append(w)
     assert weights == sorted(weights), "the weight never falls: positives learnt only grow"
+    assert weights[0] < 0.5 and weights[-1] > 0, f"no warm-up seen, from {weights[0]} to {weights[-1]}"
     assert any(a["online_score"] is not None for a in alerts), "no alert had an online score"
 
 
