@@ -70,6 +70,10 @@ class CheckpointInUse(RuntimeError):
     """Another running detector writes this checkpoint; the message says what to do."""
 
 
+class DeliveryFailed(RuntimeError):
+    """The broker did not acknowledge an alert or dead letter: nothing after it is committed."""
+
+
 def lock_checkpoint(path: Path) -> IO:
     """Take the checkpoint's lock file (``<path>.lock``) for this process, or raise
     :class:`CheckpointInUse`: two detectors writing one checkpoint would overwrite each
@@ -114,6 +118,10 @@ class DetectorConfig:
     checkpoint_every_secs: float = 10.0
     max_events: int | None = None
     idle_timeout: float | None = None
+    #: a finite replay's end: once this file exists and every partition is read to its end, the
+    #: detector processes what it holds and stops; until then a caught-up partition waits for its
+    #: own next record (no idle grace: a stalled producer cannot make its records late)
+    end_file: Path | None = None
     idle_drop_secs: int | None = None
     #: idle connections whose event counts are remembered (the oldest dropped are forgotten first)
     max_idle_connections: int = 1_000_000
@@ -353,7 +361,7 @@ class StreamDetector:
             cfg.bootstrap, cfg.group_id, [cfg.events_topic, cfg.labels_topic], client_id=f"{cfg.group_id}-consumer",
             on_assign=self._on_assigned, on_revoke=self._on_revoked,
         )  # fmt: skip
-        last_commit = last_log = time.monotonic()
+        last_commit = last_log = last_end_check = time.monotonic()
         self._last_data = time.monotonic()
         try:
             while not self.stop_requested:
@@ -378,9 +386,15 @@ class StreamDetector:
                 if cfg.max_events is not None and self.stats.events >= cfg.max_events:
                     log.info("reached --max-events %d", cfg.max_events)
                     break
-                if (cfg.idle_timeout is not None and now - self._last_data >= cfg.idle_timeout
-                        and self._caught_up()):  # fmt: skip
-                    log.info("no new records for %.0f s: end of stream", cfg.idle_timeout)
+                ended, held = None, False
+                if cfg.idle_timeout is not None and now - self._last_data >= cfg.idle_timeout:
+                    ended = f"no new records for {cfg.idle_timeout:.0f} s"
+                elif cfg.end_file is not None and now - last_end_check >= 0.2:
+                    last_end_check = now
+                    # Its last seconds wait in the queues for records that will not come.
+                    ended, held = (f"{cfg.end_file} exists", True) if cfg.end_file.exists() else (None, False)
+                if ended and self._caught_up(held):
+                    log.info("end of stream: %s", ended)
                     self._advance(final=True)
                     self.stats.last_event_cpu = time.process_time()
                     break
@@ -553,27 +567,32 @@ class StreamDetector:
         fetched = self.source.fetched.get((topic, p))
         return end is not None and fetched is not None and fetched >= end
 
-    def _caught_up(self) -> bool:
+    def _caught_up(self, held: bool = False) -> bool:
+        """Every assigned partition is read to its end offset, and every events partition
+        processed (unless ``held``: events may remain queued, as a finite replay's last
+        seconds are). Labels may wait in their queue for their arrival time."""
         if not self.event_q:  # not assigned yet (a rejoin can wait for a dead member's session)
             return False
         self._refresh_end_offsets(force=True)
-        return all(self._partition_caught_up(self.cfg.events_topic, p) and not self.event_q[p]
-                   for p in self.event_q)  # fmt: skip
+        return all(self._partition_caught_up(self.cfg.events_topic, p) and (held or not self.event_q[p])
+                   for p in self.event_q) and all(
+            self._partition_caught_up(self.cfg.labels_topic, p) for p in self.label_q)  # fmt: skip
 
     def _known_through(self, topic: str, q: deque, p: int, secs: int, key) -> bool:
         """Whether partition ``p`` can hold no more records up to event time ``secs``.
 
         True when it has a later record. When it is caught up with the broker, a producer may
         still be writing to it (its partitions are written a few milliseconds apart), so it
-        also needs the stream to have paused for ``idle_grace_secs``, or the other partitions
-        to be more than ``allowed_lateness_secs`` of event time ahead.
+        also needs the stream to have paused for ``idle_grace_secs`` (not with an ``end_file``:
+        a replay ends with that file), or the other partitions to be more than
+        ``allowed_lateness_secs`` of event time ahead.
         """
         if q and key(q[-1]) > secs:
             return True
         self._refresh_end_offsets()
         if not self._partition_caught_up(topic, p):
             return False
-        if time.monotonic() - self._last_data >= self.cfg.idle_grace_secs:
+        if self.cfg.end_file is None and time.monotonic() - self._last_data >= self.cfg.idle_grace_secs:
             return True
         queues = self.event_q if topic == self.cfg.events_topic else self.label_q
         ahead = max((key(other[-1]) for other in queues.values() if other), default=-1)
@@ -884,7 +903,8 @@ class StreamDetector:
         self.producer.flush()
         if self.producer.errors:
             errors = self.producer.errors
-            raise RuntimeError(f"{len(errors)} alert/dead-letter sends failed: {errors[0]!r}")
+            raise DeliveryFailed(f"{len(errors)} alert/dead-letter sends failed ({errors[0]}); nothing after the "
+                                 "last commit is committed: a restart publishes them again")  # fmt: skip
         if self._recorder is not None:
             self._recorder.flush()
         offsets = {"events": dict(self.next_event_offset), "labels": dict(self.next_label_offset)}

@@ -10,6 +10,7 @@ model's metadata file name, and the pinned dependencies of pyproject.toml.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import shlex
@@ -111,18 +112,33 @@ def cyberstream_argv(service: dict) -> list[str]:
 # --------------------------------------------------------------------------------------
 # Compose
 # --------------------------------------------------------------------------------------
-def _compose_plugin() -> list[str] | None:
-    for cmd in (["docker", "compose"], ["docker-compose"]):
-        if shutil.which(cmd[0]) and subprocess.run([*cmd, "version"], capture_output=True).returncode == 0:
-            return cmd
+#: The Compose Specification's JSON schema (github.com/compose-spec/compose-spec, schema/compose-spec.json
+#: at 170098ba07d9, Apache-2.0): what `docker compose` v2 validates against, here whatever is installed.
+COMPOSE_SCHEMA = ROOT / "tests" / "data" / "compose-spec.json"
+
+
+def _compose_v2() -> list[str] | None:
+    """`docker compose` (v2) if installed. Compose v1 (`docker-compose`) is never used: it
+    predates the Compose Specification and refuses its top-level ``name:``."""
+    if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
+        return ["docker", "compose"]
     return None
 
 
-def test_compose_file_is_valid_compose_or_at_least_valid_yaml():
-    cmd = _compose_plugin()
-    if cmd is not None:  # `config` validates against the compose schema; it needs no engine
+def test_compose_file_is_valid_compose(capsys):
+    import jsonschema
+
+    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in
+              jsonschema.Draft7Validator(json.loads(COMPOSE_SCHEMA.read_text())).iter_errors(compose())]  # fmt: skip
+    assert not errors, errors
+    validators = [f"the Compose Specification schema ({COMPOSE_SCHEMA.name})"]
+    cmd = _compose_v2()
+    if cmd is not None:  # `config` also resolves what the schema cannot (files, variables); it needs no engine
         proc = subprocess.run([*cmd, "-f", str(COMPOSE), "config", "--quiet"], capture_output=True, text=True, cwd=ROOT)
         assert proc.returncode == 0, proc.stderr
+        validators.append("`docker compose config`")
+    with capsys.disabled():
+        print(f"\n{COMPOSE.name} validated with {' and '.join(validators)}")
     doc = compose()
     assert set(doc) <= {"name", "services", "volumes", "networks"} | {k for k in doc if k.startswith("x-")}
     assert set(doc["services"]) == {"kafka", *PROJECT_SERVICES}

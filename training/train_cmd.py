@@ -110,18 +110,41 @@ def run(args: argparse.Namespace) -> int:
     if unknown or not classifiers:
         print(f"cyberstream train: unknown classifier(s) {unknown}; choose from {list(CLASSIFIERS)}", file=sys.stderr)
         return 2
-    if args.window_secs <= 0:
-        print("cyberstream train: --window-secs must be positive", file=sys.stderr)
+    problem = _argument_problem(args)
+    if problem:
+        print(f"cyberstream train: {problem}", file=sys.stderr)
         return 2
     try:
         return train(args, spec, classifiers)
+    except TrainingArgumentError as exc:
+        print(f"cyberstream train: {exc}", file=sys.stderr)
+        return 2
     except TrainingError as exc:
         print(f"cyberstream train: {exc}", file=sys.stderr)
         return 1
 
 
+def _argument_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the numeric arguments on their own (None when nothing is)."""
+    if args.window_secs <= 0:
+        return "--window-secs must be positive"
+    if args.max_bad_rows < -1:
+        return "--max-bad-rows must be -1 (no limit) or a count of rows"
+    if args.negatives_per_positive <= 0:
+        return "--negatives-per-positive must be positive"
+    if args.valid_negatives < 0:
+        return "--valid-negatives must be 0 or more"
+    if args.max_cutoffs is not None and args.max_cutoffs < 1:
+        return "--max-cutoffs must be at least 1"
+    return None
+
+
 class TrainingError(RuntimeError):
     """Training cannot go on; the message says why and what to change."""
+
+
+class TrainingArgumentError(TrainingError):
+    """An argument does not fit the data (exit 2, like any other bad argument)."""
 
 
 class _Steps:
@@ -185,7 +208,8 @@ def train(args: argparse.Namespace, spec, classifiers: list[str]) -> int:
     lo, hi = int(events["secs"].min()), int(events["secs"].max())
     train_until = args.train_until_secs if args.train_until_secs is not None else cut.default_train_until(events["secs"])
     if not lo < train_until < hi:
-        raise TrainingError(f"--train-until-secs {train_until} is outside the data's time span ({lo} .. {hi})")
+        raise TrainingArgumentError(f"--train-until-secs {train_until} is outside the data's time span "
+                                    f"({lo} .. {hi})")  # fmt: skip
     split_times = cut.split_by_time(lt, train_until)
     n_pos = {s: int(split_times.loc[split_times["split"] == s, "label"].sum()) for s in (cut.TRAIN, cut.VALID)}
     if not lt["label"].fillna(False).any():
@@ -202,7 +226,13 @@ def train(args: argparse.Namespace, spec, classifiers: list[str]) -> int:
             "malicious events earlier"
         )
     if n_pos[cut.VALID] == 0:
-        log.warning("no positive cutoff after secs %d: validation metrics will be missing", train_until)
+        # Without one, every candidate's PR AUC is undefined (the first would win by default) and
+        # the threshold would be chosen on negatives alone: refuse rather than save such a model.
+        raise TrainingError(
+            f"no positive cutoff in the validation period (cutoffs after secs {train_until}; "
+            f"{n_pos[cut.TRAIN]:,} positive before it): the model and its alert threshold cannot be chosen "
+            "on negatives alone; move --train-until-secs earlier or use data with malicious events later"
+        )
     engine = args.features
     max_cutoffs = args.max_cutoffs if args.max_cutoffs is not None else DEFAULT_MAX_CUTOFFS[engine]
     plan = cut.SamplingPlan(args.negatives_per_positive, args.valid_negatives, max_cutoffs, args.all_cutoffs,
