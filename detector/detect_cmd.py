@@ -83,8 +83,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
 
+    from cyberstream.features import make_engine
     from cyberstream.kafka_io import BrokerUnavailable, ensure_topics, resolve_bootstrap
-    from detector.features import make_engine
     from detector.models import load_batch_model
     from detector.stream import CheckpointInUse, DetectorConfig, StreamDetector, lock_checkpoint
     from training.model import ModelLoadError

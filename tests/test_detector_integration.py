@@ -117,7 +117,7 @@ def test_alerts_appear_for_the_campaigns_with_unique_ids(stream: dict, uninterru
 
 
 def test_features_equal_the_featuretools_oracle(stream: dict, uninterrupted: dict):
-    from detector.features import feature_matrix, features_equal
+    from cyberstream.features import feature_matrix, features_equal
     from training.dfs import load_features
 
     rows = [json.loads(line) for line in uninterrupted["recorded"].read_text().splitlines()]
@@ -181,7 +181,7 @@ def test_a_restart_mid_stream_scores_every_batch_cutoff_exactly_once(stream: dic
     """A detector stopped halfway (committing a checkpoint) and another resuming from it score,
     together, exactly the batch definition's cutoffs: the idle connections' counts travel in
     the checkpoint, so connections that come back after the restart count on."""
-    from detector.features import make_engine
+    from cyberstream.features import make_engine
     from detector.models import load_batch_model
     from detector.stream import DetectorConfig, StreamDetector
     from training.labels import label_times
@@ -214,7 +214,7 @@ def test_a_restart_mid_stream_scores_every_batch_cutoff_exactly_once(stream: dic
 
 
 def test_online_model_learns_only_from_labels_that_arrived(stream: dict):
-    from detector.features import make_engine
+    from cyberstream.features import make_engine
     from detector.models import load_batch_model
     from detector.stream import DetectorConfig, StreamDetector
 
@@ -404,8 +404,8 @@ def test_late_events_of_a_lagging_partition_are_dead_lettered_and_event_time_nev
     are late, and the seconds they fall in must not move the detector's event time back."""
     from collections import deque
 
+    from cyberstream.features import make_engine
     from cyberstream.schema import Event
-    from detector.features import make_engine
     from detector.models import load_batch_model
     from detector.stream import DetectorConfig, StreamDetector
 

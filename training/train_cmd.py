@@ -75,7 +75,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--features", choices=("compiled", "oracle"), default="compiled",
                    help="feature engine: the detector's compiled engine (~3,000 cutoffs/s), or featuretools "
                         "itself on the events so far (the oracle, batched: exact, ~50 cutoffs/s; used anyway "
-                        "when detector.features is not installed) (default %(default)s)")
+                        "when cyberstream.features is not installed) (default %(default)s)")
     g.add_argument("--time-features", choices=("drop", "keep"), default="drop",
                    help="features over absolute time such as MAX(log.secs): drop (default) or keep; "
                         "the report shows the other choice too")
