@@ -19,10 +19,10 @@ from cyberstream.features import (
     features_equal,
     load_feature_defs,
 )
+from cyberstream.features.entityset import build_entityset
 from cyberstream.features.oracle import calculate_with_featuretools
 from cyberstream.schema import EVENT_FIELDS, Event
 from tests.test_features_parity import random_stream
-from training.entityset import build_entityset
 
 
 def events_frame(rows: list[tuple]) -> pd.DataFrame:

@@ -21,9 +21,9 @@ import pytest
 
 from cyberstream.connections import connection_fields
 from cyberstream.features import CompiledEngine, feature_matrix, features_equal
+from cyberstream.features.entityset import build_entityset, target_dataframe
 from cyberstream.features.oracle import calculate_with_featuretools
 from cyberstream.schema import EVENT_FIELDS
-from training.entityset import build_entityset, target_dataframe
 
 NAMES = [f"U{i}@DOM1" for i in range(10)] + [f"C{i}$@DOM1" for i in range(5)] + ["ANONYMOUS LOGON@C586", "?"]
 HOSTS = [f"C{i}" for i in range(7)] + ["?"]

@@ -48,8 +48,7 @@ from tqdm import tqdm
 
 from cyberstream.config import DEFAULT_BASE_EPOCH
 from cyberstream.connections import DEFAULT_CONNECTION
-from cyberstream.schema import ATTRIBUTE_FIELDS, IDENTITY_FIELDS
-from training.entityset import (
+from cyberstream.features.entityset import (
     PAIR_INDEX,
     TIME,
     build_entityset,
@@ -58,6 +57,7 @@ from training.entityset import (
     target_index,
     to_time,
 )
+from cyberstream.schema import ATTRIBUTE_FIELDS, IDENTITY_FIELDS
 
 MAX_DEPTH = 3
 DEFAULT_WINDOW_SECS = 86_400
