@@ -23,7 +23,7 @@ import pytest
 
 from cyberstream import config
 from cyberstream.kafka_io import make_consumer, make_producer, read_topic
-from detector.alerts import alert_schema
+from cyberstream.schema import alert_schema
 from training.data import read_events
 
 pytestmark = pytest.mark.integration
