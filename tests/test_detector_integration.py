@@ -381,7 +381,7 @@ def test_a_member_joining_mid_stream_takes_over_partitions_without_losing_or_rej
 
 
 def test_a_second_detector_on_the_same_checkpoint_is_refused(stream: dict):
-    from detector.stream import lock_checkpoint
+    from detector.checkpoint import lock_checkpoint
 
     group = f"det-f-{uuid.uuid4().hex[:6]}"
     held = lock_checkpoint(stream["root"] / f"{group}.ckpt")  # a detector that is running
@@ -422,12 +422,12 @@ def test_late_events_of_a_lagging_partition_are_dead_lettered_and_event_time_nev
     def event(log_id: int, secs: int, user: str) -> Event:
         return Event(log_id, secs, f"{user}@DOM1", f"{user}@DOM1", "C1", "C2", "NTLM", "Network", "LogOn", "Success")
 
-    detector.event_q = {0: deque((i, event(i, secs, "U1")) for i, secs in enumerate((100, 200, 278))), 1: deque()}
+    detector.merger.event_q = {0: deque((i, event(i, secs, "U1")) for i, secs in enumerate((100, 200, 278))), 1: deque()}
     detector._advance(final=True)
     detector._flush_scores()  # features computed at 278: the engine cannot take earlier events any more
     assert detector.processed_secs == 278
-    detector.event_q[1].extend((i, event(10 + i, secs, "U2")) for i, secs in enumerate((21, 30)))
-    detector.event_q[0].append((3, event(3, 300, "U1")))
+    detector.merger.event_q[1].extend((i, event(10 + i, secs, "U2")) for i, secs in enumerate((21, 30)))
+    detector.merger.event_q[0].append((3, event(3, 300, "U1")))
     detector._advance(final=True)
     assert detector.stats.late == 2
     assert detector.processed_secs == 300
