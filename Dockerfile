@@ -24,6 +24,7 @@ COPY cyberstream ./cyberstream
 COPY producer ./producer
 COPY training ./training
 COPY detector ./detector
+COPY alerts ./alerts
 RUN pip install --no-deps . \
  && pip check \
  && rm -rf build ./*.egg-info

@@ -89,16 +89,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
 
+    from cyberstream.features import make_engine
     from cyberstream.kafka_io import BrokerUnavailable, ensure_topics, resolve_bootstrap
-    from detector.features import make_engine
+    from detector.checkpoint import CheckpointInUse, lock_checkpoint
+    from detector.config import DetectorConfig
     from detector.models import load_batch_model
-    from detector.stream import (
-        CheckpointInUse,
-        DeliveryFailed,
-        DetectorConfig,
-        StreamDetector,
-        lock_checkpoint,
-    )
+    from detector.stream import DeliveryFailed, StreamDetector
     from training.model import ModelLoadError
 
     log = logging.getLogger("cyberstream.detect")
@@ -150,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
 
     threadpool_limits(limits=1)
     detector = StreamDetector(cfg, model, engine_factory, model.explainer())
-    fallback = getattr(detector.engine, "fallback_features", [])
+    fallback = getattr(detector.scorer.engine, "fallback_features", [])
     log.info("model %s: %d features (%s engine%s), window %d s, threshold %.4f, connection kind %s",
              model.version, len(model.feature_names), args.features,
              f"; {len(fallback)} fall back to featuretools: {', '.join(fallback)}" if fallback else "",

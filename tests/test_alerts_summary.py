@@ -25,10 +25,10 @@ import time
 import pandas as pd
 import pytest
 
-from detector.alert_report import write_report
-from detector.alert_summary import format_summary, summarize
+from alerts.alerts_cmd import format_alert_line
+from alerts.report import write_report
+from alerts.summary import format_summary, summarize
 from detector.alerts import build_alert
-from detector.alerts_cmd import format_alert_line
 from training.labels import LabelSpec
 
 SPEC = LabelSpec(min_events=1, lead=1, window=3)

@@ -22,7 +22,7 @@ import pytest
 
 from cyberstream import config
 from cyberstream.kafka_io import make_consumer, make_producer, read_topic
-from detector.alerts import alert_schema
+from cyberstream.schema import alert_schema
 from tests.waits import wait_for
 from training.data import read_events
 
@@ -87,7 +87,7 @@ def _figure(err: str, pattern: str) -> int:
 
 def _in_process(stream: dict, group: str, **overrides) -> object:
     """A detector in this process on the module's stream (its own group and checkpoint)."""
-    from detector.features import make_engine
+    from cyberstream.features import make_engine
     from detector.models import load_batch_model
     from detector.stream import DetectorConfig, StreamDetector
 
@@ -174,7 +174,7 @@ def test_alerts_appear_for_the_campaigns_with_unique_ids(stream: dict, uninterru
 
 
 def test_features_equal_the_featuretools_oracle(stream: dict, uninterrupted: dict):
-    from detector.features import feature_matrix, features_equal
+    from cyberstream.features import feature_matrix, features_equal
     from training.dfs import load_features
 
     rows = [json.loads(line) for line in uninterrupted["recorded"].read_text().splitlines()]
@@ -249,7 +249,7 @@ def test_a_restart_mid_stream_scores_every_batch_cutoff_exactly_once(stream: dic
     """A detector stopped halfway (committing a checkpoint) and another resuming from it score,
     together, exactly the batch definition's cutoffs: the idle connections' counts travel in
     the checkpoint, so connections that come back after the restart count on."""
-    from detector.features import make_engine
+    from cyberstream.features import make_engine
     from detector.models import load_batch_model
     from detector.stream import DetectorConfig, StreamDetector
     from training.labels import label_times
@@ -464,7 +464,7 @@ def test_a_member_joining_mid_stream_takes_over_partitions_without_losing_or_rej
 
 
 def test_a_second_detector_on_the_same_checkpoint_is_refused(stream: dict):
-    from detector.stream import lock_checkpoint
+    from detector.checkpoint import lock_checkpoint
 
     group = f"det-f-{uuid.uuid4().hex[:6]}"
     held = lock_checkpoint(stream["root"] / f"{group}.ckpt")  # a detector that is running
@@ -487,8 +487,8 @@ def test_late_events_of_a_lagging_partition_are_dead_lettered_and_event_time_nev
     are late, and the seconds they fall in must not move the detector's event time back."""
     from collections import deque
 
+    from cyberstream.features import make_engine
     from cyberstream.schema import Event
-    from detector.features import make_engine
     from detector.models import load_batch_model
     from detector.stream import DetectorConfig, StreamDetector
 
@@ -505,12 +505,12 @@ def test_late_events_of_a_lagging_partition_are_dead_lettered_and_event_time_nev
     def event(log_id: int, secs: int, user: str) -> Event:
         return Event(log_id, secs, f"{user}@DOM1", f"{user}@DOM1", "C1", "C2", "NTLM", "Network", "LogOn", "Success")
 
-    detector.event_q = {0: deque((i, event(i, secs, "U1")) for i, secs in enumerate((100, 200, 278))), 1: deque()}
+    detector.merger.event_q = {0: deque((i, event(i, secs, "U1")) for i, secs in enumerate((100, 200, 278))), 1: deque()}
     detector._advance(final=True)
     detector._flush_scores()  # features computed at 278: the engine cannot take earlier events any more
     assert detector.processed_secs == 278
-    detector.event_q[1].extend((i, event(10 + i, secs, "U2")) for i, secs in enumerate((21, 30)))
-    detector.event_q[0].append((3, event(3, 300, "U1")))
+    detector.merger.event_q[1].extend((i, event(10 + i, secs, "U2")) for i, secs in enumerate((21, 30)))
+    detector.merger.event_q[0].append((3, event(3, 300, "U1")))
     detector._advance(final=True)
     assert detector.stats.late == 2
     assert detector.processed_secs == 300

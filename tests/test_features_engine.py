@@ -12,11 +12,17 @@ import pandas as pd
 import pytest
 from featuretools.primitives import Median
 
+from cyberstream.features import (
+    CompiledEngine,
+    feature_matrix,
+    feature_names,
+    features_equal,
+    load_feature_defs,
+)
+from cyberstream.features.entityset import build_entityset
+from cyberstream.features.oracle import calculate_with_featuretools
 from cyberstream.schema import EVENT_FIELDS, Event
-from detector.features import CompiledEngine, feature_matrix, feature_names, features_equal, load_feature_defs
-from detector.features.oracle import calculate_with_featuretools
 from tests.test_features_parity import random_stream
-from training.entityset import build_entityset
 
 
 def events_frame(rows: list[tuple]) -> pd.DataFrame:
@@ -86,7 +92,7 @@ def test_streaming_like_the_detector_equals_the_batch_path(tmp_path):
 
 def test_pools_that_start_tiny_grow_and_compact_without_changing_a_value(tmp_path, monkeypatch):
     """Every growth path (slots, lanes, pair lists, store compaction) taken many times."""
-    from detector.features import compiled
+    from cyberstream.features import compiled
 
     events = random_stream(23, n_events=700, n_sessions=40)
     defs = dfs_defs(events, tmp_path)

@@ -1,6 +1,6 @@
 """Parity: every history feature of the streaming engine equals featuretools at every cutoff.
 
-The history features (:mod:`detector.features.history`) describe the cutoff's event
+The history features (:mod:`cyberstream.features.history`) describe the cutoff's event
 through its user, hosts and edges over every event so far, and over the recent window.
 Random streams (several seeds, recent windows down to a few seconds so that events and
 first sightings leave the window between cutoffs, ties in ``secs``, ``?`` identities,
@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from detector.features import features_equal, make_engine
-from detector.features.history import HistoryEngine, history_oracle_matrix
+from cyberstream.features import features_equal, make_engine
+from cyberstream.features.history import HistoryEngine, history_oracle_matrix
 from tests.test_features_parity import random_stream
 from training import dfs
 from training.model import load_model, save_model

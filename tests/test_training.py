@@ -15,11 +15,11 @@ import pytest
 from woodwork.logical_types import Boolean, Categorical
 
 from cyberstream.cli import main as cli_main
+from cyberstream.features.entityset import build_entityset, log_frame, to_time
 from cyberstream.schema import HEADER
 from training import cutoffs as cut
 from training import dfs, model
 from training.data import read_events
-from training.entityset import build_entityset, log_frame, to_time
 from training.labels import label_times
 
 DAY = 86_400

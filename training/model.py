@@ -378,7 +378,7 @@ def save_model(
 
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
-    from detector.features.history import is_history_feature  # noqa: PLC0415
+    from cyberstream.features.history import is_history_feature  # noqa: PLC0415
 
     joblib.dump(pipeline, model_dir / MODEL_FILE)
     window = [f for f in features if not is_history_feature(f)]
@@ -502,7 +502,7 @@ def load_model(model_dir: str | os.PathLike) -> TrainedModel:
     pipeline = joblib.load(model_dir / meta["model_file"])
     features = load_features(model_dir / meta["features_file"])
     if "history_features_file" in meta:
-        import detector.features.primitives  # noqa: F401, PLC0415  (registers the history primitives)
+        import cyberstream.features.primitives  # noqa: F401, PLC0415  (registers the history primitives)
 
         features = features + load_features(model_dir / meta["history_features_file"])
     names = [f.get_name() for f in features]

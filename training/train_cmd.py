@@ -77,7 +77,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--features", choices=("compiled", "oracle"), default="compiled",
                    help="feature engine: the detector's compiled engine (~3,000 cutoffs/s), or featuretools "
                         "itself on the events so far (the oracle, batched: exact, ~50 cutoffs/s; used anyway "
-                        "when detector.features is not installed) (default %(default)s)")
+                        "when cyberstream.features is not installed) (default %(default)s)")
     g.add_argument("--time-features", choices=("drop", "keep"), default="drop",
                    help="features over absolute time such as MAX(log.secs): drop (default) or keep; "
                         "the report shows the other choice too")
@@ -315,7 +315,7 @@ def train(args: argparse.Namespace, spec, classifiers: list[str]) -> int:
         comparisons["unseen-edge rule (name-host pair first seen at the cutoff)"] = model.evaluate(
             yv, rule[~is_train], wv, 1.0, valid_days, alert_groups[~is_train])
     if args.history_features == "on":
-        from detector.features.history import is_history_feature
+        from cyberstream.features.history import is_history_feature
 
         window_only = [f for f in saved_features if not is_history_feature(f)]
         _, _, m, _ = fit_eval(best, window_only, is_train, ~is_train, valid_days)

@@ -12,7 +12,7 @@ needs it, relative to the cutoff time featuretools passes them (``uses_calc_time
 
 ``w`` is the primitive's ``window_secs`` argument (saved with the feature definitions).
 Importing this module registers them with featuretools, so saved definitions that use
-them load (:func:`detector.features.load_feature_defs` imports it first).
+them load (:func:`cyberstream.features.load_feature_defs` imports it first).
 """
 
 from __future__ import annotations

@@ -165,8 +165,8 @@ def _assign(consumer, topic: str, from_now: bool, stop: _Stop, idle_timeout: flo
 
 def _consume(args: argparse.Namespace, bootstrap: str, idle_timeout: float | None) -> list[Any]:
     """Read alerts until the run ends; print them as asked; return every decoded message value."""
+    from alerts.summary import alert_problem
     from cyberstream.kafka_io import at_end, make_consumer
-    from detector.alert_summary import alert_problem
 
     stop = _Stop()
     # Signal handlers can only be set from the main thread (the demo may run this elsewhere).
@@ -276,8 +276,8 @@ def _model_metadata(model_dir: Path) -> dict[str, Any]:
 
 
 def _summarize(args: argparse.Namespace, values: list[Any], truth_path: Path) -> int:
-    from detector.alert_report import write_report
-    from detector.alert_summary import DEFAULT_CAMPAIGN_GAP_SECS, format_summary, summarize
+    from alerts.report import write_report
+    from alerts.summary import DEFAULT_CAMPAIGN_GAP_SECS, format_summary, summarize
     from training.data import read_events
     from training.labels import LabelSpec
 

@@ -17,7 +17,7 @@ edges between them (user -> source host, source -> destination host, user -> des
 host), each a parent of ``log`` (:data:`HISTORY_PARENTS`). The history features
 (:mod:`training.dfs`, target ``log``: the cutoff's own event) are aggregations of these
 parents over every event so far, and over the recent window through the primitives of
-:mod:`detector.features.primitives`.
+:mod:`cyberstream.features.primitives`.
 """
 
 from __future__ import annotations

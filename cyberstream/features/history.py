@@ -4,7 +4,7 @@ The window features (:mod:`.compiled`) see one connection's own events of the la
 An intruder changes what lies outside that view: the source host suddenly used by many
 accounts new to it, destinations a user never reached, edges never seen before. These
 features describe the cutoff's own event (the connection's last event at or before the
-cutoff) through the parents :data:`training.entityset.HISTORY_PARENTS` of the history
+cutoff) through the parents :data:`cyberstream.features.entityset.HISTORY_PARENTS` of the history
 EntitySet (and the name-host pair), over EVERY event so far, with the "recent" primitives
 of :mod:`.primitives` restricted to the last ``window_secs``.
 
@@ -48,9 +48,9 @@ from featuretools.primitives import Count, NumUnique, TimeSince
 from cyberstream.config import DEFAULT_BASE_EPOCH
 from cyberstream.connections import DEFAULT_CONNECTION, connection_fields
 from cyberstream.schema import ATTRIBUTE_FIELDS, EVENT_FIELDS, IDENTITY_FIELDS, Event
-from training.entityset import HISTORY_PARENTS, LOG, PAIRS, build_entityset, to_time
 
 from .base import Cutoff, EngineStats, frame, make_column, output_kind
+from .entityset import HISTORY_PARENTS, LOG, PAIRS, build_entityset, to_time
 from .primitives import CountRecent, NumFirstSeenRecent, NumUniqueRecent
 
 log = logging.getLogger(__name__)
