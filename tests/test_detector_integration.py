@@ -175,7 +175,9 @@ def test_alerts_appear_for_the_campaigns_with_unique_ids(stream: dict, uninterru
 
 def test_features_equal_the_featuretools_oracle(stream: dict, uninterrupted: dict):
     from cyberstream.features import feature_matrix, features_equal
+    from cyberstream.features.history import history_oracle_matrix, is_history_feature
     from training.dfs import load_features
+    from training.model import load_model
 
     rows = [json.loads(line) for line in uninterrupted["recorded"].read_text().splitlines()]
     alert_keys = {(a["connection"], a["cutoff_secs"]) for a in uninterrupted["alerts"]}
@@ -188,10 +190,26 @@ def test_features_equal_the_featuretools_oracle(stream: dict, uninterrupted: dic
     cutoffs = pd.DataFrame({"connection_id": [r["connection"] for r in rows],
                             "cutoff_secs": [r["cutoff_secs"] for r in rows]})  # fmt: skip
     oracle = feature_matrix(events, cutoffs, features, window, engine="oracle")
+    # The history features' oracle builds an EntitySet of all events so far per cutoff time:
+    # checked on the alerted cutoffs and 40 others, at most 60 times.
+    history = [f for f in load_model(stream["models"]).features if is_history_feature(f)]
+    assert history, "the model has history features"
+    checked = [i for i, r in enumerate(rows) if (r["connection"], r["cutoff_secs"]) in alert_keys][:20]
+    checked += [i for i in range(0, len(rows), max(1, len(rows) // 40)) if i not in checked][:40]
+    rows_h = [rows[i] for i in checked]
+    oracle_h = history_oracle_matrix(events.sort_values(["secs", "log_id"]),
+                                     [(r["connection"], r["cutoff_secs"]) for r in rows_h], history)
+    history_names = {f.get_name() for f in history}
     mismatches = []
+    for r, (_, oracle_row) in zip(rows_h, oracle_h.iterrows(), strict=True):
+        for name in history_names:
+            if not features_equal(r["features"][name], oracle_row[name]):
+                mismatches.append((r["connection"], r["cutoff_secs"], name, r["features"][name], oracle_row[name]))
     for i, r in enumerate(rows):
         oracle_row = oracle.iloc[i]  # one row extraction per cutoff, not per value
         for name, value in r["features"].items():
+            if name in history_names:
+                continue
             expected = oracle_row[name]
             if isinstance(expected, bool) or hasattr(expected, "item"):
                 expected = expected.item() if hasattr(expected, "item") else expected

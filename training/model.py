@@ -415,6 +415,16 @@ def _json_default(obj):
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+def _load_feature_files(model_dir: Path, meta: dict, load_features) -> list:
+    """The window features, then the history features (their own file), of a model directory."""
+    features = load_features(model_dir / meta["features_file"])
+    if "history_features_file" in meta:
+        import cyberstream.features.primitives  # noqa: F401, PLC0415  (registers the history primitives)
+
+        features = features + load_features(model_dir / meta["history_features_file"])
+    return features
+
+
 @dataclass
 class TrainedModel:
     """A loaded, verified model directory."""
@@ -500,11 +510,11 @@ def load_model(model_dir: str | os.PathLike) -> TrainedModel:
     from training.dfs import load_features  # noqa: PLC0415
 
     pipeline = joblib.load(model_dir / meta["model_file"])
-    features = load_features(model_dir / meta["features_file"])
-    if "history_features_file" in meta:
-        import cyberstream.features.primitives  # noqa: F401, PLC0415  (registers the history primitives)
-
-        features = features + load_features(model_dir / meta["history_features_file"])
+    try:
+        features = _load_feature_files(model_dir, meta, load_features)
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"{model_dir}: its feature definitions do not load with this version ({exc}); "
+                             "retrain with `cyberstream train`") from None
     names = [f.get_name() for f in features]
     if names != meta["feature_names"]:
         raise ModelLoadError(f"{model_dir}: features.json and metadata.json list different features; retrain")
