@@ -290,7 +290,13 @@ def test_train_end_to_end_writes_a_complete_model_directory(trained_dir, events)
     assert meta["cutoffs"]["train"]["sampled_positive"] == meta["cutoffs"]["train"]["positive"] > 0
     assert meta["library_versions"]["scikit-learn"] == model.library_versions()["scikit-learn"]
     assert meta["data"]["rows"] == len(events)
+    import cyberstream.features.primitives  # noqa: F401  (the history primitives, for loading)
+
     saved = dfs.load_features(trained_dir / "features.json")
+    history = dfs.load_features(trained_dir / "history_features.json")
+    assert len(history) >= 40 and all(f.dataframe_name == "log" for f in history)
+    assert any(f.get_name().startswith("source_hosts.NUM_FIRST_SEEN_RECENT(log.user, time") for f in history)
+    saved = saved + history
     assert [f.get_name() for f in saved] == meta["feature_names"]
     assert not any("label" in dfs.feature_columns(f) for f in saved)
     assert not any(dfs.is_absolute_time(f) for f in saved)
@@ -306,9 +312,10 @@ def test_train_with_the_featuretools_oracle(data_csv, tmp_path):
     out = tmp_path / "m"
     rc = cli_main(["train", "--data", str(data_csv), "--out", str(out), "--no-progress", "--features", "oracle",
                    "--negatives-per-positive", "2", "--valid-negatives", "60", "--classifiers", "logistic_regression",
-                   "--time-features", "keep"])  # fmt: skip
+                   "--time-features", "keep", "--history-features", "off"])  # fmt: skip
     assert rc == 0
     meta = json.loads((out / "metadata.json").read_text())
+    # (the history features' oracle is checked against the engine in test_history_parity.py)
     assert meta["feature_engine"] == "oracle-batched" and meta["time_features"] == "keep"
     assert "MAX(log.secs)" in meta["feature_names"]
     assert meta["cutoffs"]["valid"]["sampled"] == meta["cutoffs"]["valid"]["sampled_positive"] + 60
@@ -337,6 +344,8 @@ def test_importances_are_summed_per_saved_feature():
 
 
 def test_artifact_round_trip_scores_the_same(trained_run, trained_dir, events):
+    from cyberstream.features.history import is_history_feature, last_events
+
     loaded = model.load_model(trained_dir)
     # The artifact scores the validation rows exactly as the fitted pipeline did during training.
     X, fitted = trained_run["valid_X"], trained_run["valid_scores"]
@@ -354,9 +363,17 @@ def test_artifact_round_trip_scores_the_same(trained_run, trained_dir, events):
     conns = events[events.secs <= t].pipe(lambda e: e.src_name + " / " + e.dest_name).unique()[:4].tolist()
     es = build_entityset(events[events.secs <= t])
     window = loaded.metadata["window_secs"]
-    raw = ft.calculate_feature_matrix(loaded.features, es, cutoff_time=pd.DataFrame(
+    window_defs = [f for f in loaded.features if not is_history_feature(f)]
+    history_defs = [f for f in loaded.features if is_history_feature(f)]
+    raw = ft.calculate_feature_matrix(window_defs, es, cutoff_time=pd.DataFrame(
         {"session_id": conns, "time": [to_time(t)] * 4}), training_window=f"{window} seconds",
         cutoff_time_in_index=False)  # fmt: skip
+    instances = last_events(events, [(c, t) for c in conns])
+    raw_history = ft.calculate_feature_matrix(
+        history_defs, build_entityset(events[events.secs <= t], history=True),
+        cutoff_time=pd.DataFrame({"log_id": instances, "time": [to_time(t)] * 4}), cutoff_time_in_index=False)
+    for name in raw_history.columns:
+        raw[name] = raw_history[name].to_numpy()
     cutoffs = pd.DataFrame({"connection_id": conns, "cutoff_secs": [t] * 4})
     ours = dfs.oracle_feature_matrix(events, cutoffs, loaded.features, window, progress=False)
     assert any(str(d) in ("Int64", "category") for d in raw.dtypes)

@@ -43,7 +43,7 @@ from collections.abc import Iterable
 import featuretools as ft
 import numpy as np
 import pandas as pd
-from featuretools.feature_base import AggregationFeature, DirectFeature, IdentityFeature
+from featuretools.feature_base import AggregationFeature, DirectFeature, IdentityFeature, TransformFeature
 from tqdm import tqdm
 
 from cyberstream.config import DEFAULT_BASE_EPOCH
@@ -84,7 +84,9 @@ def baseline_feature(feature_names: Iterable[str]) -> str:
 #: "count": the result never moves (COUNT, NUM_UNIQUE, ...). SUM moves by count * d, i.e. not uniformly.
 _FOLLOW_PRIMITIVES = {"min", "max", "mean", "median", "mode", "first", "last"}
 _SPREAD_PRIMITIVES = {"std", "skew"}
-_COUNT_PRIMITIVES = {"count", "num_unique", "num_true", "percent_true", "n_unique_days"}
+_COUNT_PRIMITIVES = {"count", "num_unique", "num_true", "percent_true", "n_unique_days",
+                     # the history primitives: counts, and TIME_SINCE (the cutoff time moves with the data)
+                     "count_recent", "num_unique_recent", "num_first_seen_recent", "time_since"}
 
 
 @contextlib.contextmanager
@@ -135,7 +137,7 @@ def time_shift_response(feature: ft.Feature) -> str:
         worst = "other" if "other" in inputs else "uniform" if "uniform" in inputs else "none"
         if isinstance(f, DirectFeature):
             return worst
-        name = f.primitive.name if isinstance(f, AggregationFeature) else None
+        name = f.primitive.name if isinstance(f, AggregationFeature | TransformFeature) else None
         if name in _COUNT_PRIMITIVES or worst == "none":
             return "none"
         if name in _SPREAD_PRIMITIVES:
