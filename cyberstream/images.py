@@ -32,7 +32,7 @@ import time
 from importlib.metadata import version
 from pathlib import Path
 
-from cyberstream.broker import KAFKA_VERSION, LocalBroker
+from cyberstream.broker import KAFKA_VERSION, LocalBroker, _server_properties
 
 log = logging.getLogger("cyberstream.images")
 
@@ -58,6 +58,27 @@ PULL_TIMEOUT = 180
 
 class ImageError(RuntimeError):
     """An image cannot be built; the message says why and what to do."""
+
+
+def kafka_env_name(prop: str) -> str:
+    """The ``KAFKA_*`` variable of a server property in the apache/kafka image's convention."""
+    return "KAFKA_" + prop.replace("_", "___").replace("-", "__").replace(".", "_").upper()
+
+
+def kafka_container_env(port: int, cluster_id: str, controller_port: int = 9093) -> dict[str, str]:
+    """The project Kafka image's environment for one node serving clients on ``127.0.0.1:port``
+    of the host, with the local broker's settings (one fact, two brokers). The container
+    listens on ``port`` on all its interfaces (Docker forwards the host's ``port`` there) and
+    advertises ``127.0.0.1:port``, which works on both sides.
+    """
+    props = dict(
+        line.split("=", 1)
+        for line in _server_properties(port, controller_port, Path("/var/lib/kafka/data")).splitlines()
+        if line
+    )
+    props["listeners"] = f"PLAINTEXT://:{port},CONTROLLER://127.0.0.1:{controller_port}"
+    return {"CLUSTER_ID": cluster_id, "KAFKA_HEAP_OPTS": "-Xmx512m -Xms128m",
+            **{kafka_env_name(k): v for k, v in props.items()}}  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------
