@@ -106,6 +106,19 @@ def engine_problem() -> str | None:
     return None
 
 
+def compose_command() -> list[str] | None:
+    """``docker compose`` (v2) or ``docker-compose`` (v1, Debian's), whichever runs; else None."""
+    for cmd in (["docker", "compose"], ["docker-compose"]):
+        if shutil.which(cmd[0]) is None:
+            continue
+        try:
+            if subprocess.run([*cmd, "version"], capture_output=True, timeout=30).returncode == 0:
+                return cmd
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+    return None
+
+
 def image_present(name: str) -> bool:
     """Whether the engine has the image ``name`` (False when no engine answers)."""
     try:

@@ -32,6 +32,7 @@ from cyberstream.broker import KAFKA_VERSION
 
 EXTERNAL, CONTAINER, LOCAL, MISSING = "external", "container", "local", "missing"
 CONTAINER_START_TIMEOUT = 180
+EXPECT_DOCKER = "CYBERSTREAM_EXPECT_DOCKER"
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ class BrokerPlan:
 
 def expect_docker() -> bool:
     """Whether CI provisioned a Docker engine and the images (.ci/run): their absence is a failure."""
-    return os.environ.get("CYBERSTREAM_EXPECT_DOCKER") == "1"
+    return os.environ.get(EXPECT_DOCKER) == "1"
 
 
 def docker_problem() -> str | None:
