@@ -101,7 +101,7 @@ class Demo:
 
 def compose_bootstrap() -> str:
     """The compose Kafka's address on the host (its HOST listener, docker-compose.yml)."""
-    return f"127.0.0.1:{config.env('CYBERSTREAM_KAFKA_PORT', '29092')}"
+    return f"127.0.0.1:{config.env_int('CYBERSTREAM_KAFKA_PORT', config.DEFAULT_COMPOSE_KAFKA_PORT)}"
 
 
 def _reason(output: str) -> str:

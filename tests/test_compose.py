@@ -151,6 +151,12 @@ def test_kafka_is_the_local_brokers_version_in_kraft_mode_with_its_single_node_s
         var = images.kafka_env_name(key)
         assert env.get(var) == value, f"{var} should be {value!r} like the local broker's {key}"
     assert env["KAFKA_LOG_RETENTION_MS"] == "-1"
+    # the host reaches the HOST listener on CYBERSTREAM_KAFKA_PORT (the demo's compose_bootstrap)
+    for port in ("39999", None):
+        got = compose({"CYBERSTREAM_KAFKA_PORT": port} if port else {})["services"]["kafka"]
+        host_port = port or str(config.DEFAULT_COMPOSE_KAFKA_PORT)
+        assert got["ports"] == [f"{host_port}:29092"] and "HOST://:29092" in got["environment"]["KAFKA_LISTENERS"]
+        assert f"HOST://127.0.0.1:{host_port}" in got["environment"]["KAFKA_ADVERTISED_LISTENERS"].split(",")
 
 
 def test_kafka_healthcheck_lists_topics_through_its_own_listener():
