@@ -53,7 +53,7 @@ OFFLINE_BASES = {
     f"cyberstream-base/java:{DEBIAN_SUITE}": ["openjdk-17-jre-headless", "ca-certificates"],
 }
 OFFLINE_PYTHON_BASE, OFFLINE_JAVA_BASE = OFFLINE_BASES
-PULL_TIMEOUT = 180
+PULL_TIMEOUT = 90
 
 
 class ImageError(RuntimeError):
@@ -146,12 +146,13 @@ def choose_variant(requested: str = "auto") -> tuple[str, str]:
     """``("upstream" | "offline", why)``: upstream when both upstream bases can be had."""
     if requested == "offline":
         return "offline", "asked for (--variant offline)"
-    problems = [p for p in (_pull_problem(PYTHON_BASE), _pull_problem(KAFKA_BASE)) if p]
-    if not problems:
-        return "upstream", f"{PYTHON_BASE} and {KAFKA_BASE} are available"
-    if requested == "upstream":
-        raise ImageError(f"the upstream bases cannot be had: {'; '.join(problems)}")
-    return "offline", f"no registry: {problems[0]}"
+    for base in (PYTHON_BASE, KAFKA_BASE):  # one failed pull is enough to know
+        problem = _pull_problem(base)
+        if problem and requested == "upstream":
+            raise ImageError(f"the upstream bases cannot be had: {problem}")
+        if problem:
+            return "offline", f"no registry: {problem}"
+    return "upstream", f"{PYTHON_BASE} and {KAFKA_BASE} are available"
 
 
 # --------------------------------------------------------------------------------------
