@@ -135,7 +135,10 @@ def compose_kafka(demo: Demo) -> str | None:
     except subprocess.TimeoutExpired:
         return f"`compose up kafka` did not finish in {COMPOSE_UP_TIMEOUT} s"
     if up.returncode != 0:
-        return f"`compose up kafka` failed: {_reason(up.stdout + up.stderr)}"
+        why = f"`compose up kafka` failed: {_reason(up.stdout + up.stderr)}"
+        if not images.image_present(images.KAFKA_IMAGE):
+            why += f"; {images.KAFKA_IMAGE} is not built (make images)"
+        return why
     demo.compose = compose
     deadline = time.monotonic() + COMPOSE_HEALTH_TIMEOUT
     health = "starting"
@@ -168,7 +171,7 @@ def _find_broker(demo: Demo) -> tuple[str, bool]:
     if running is not None:
         log.info("broker: the local broker already running at %s", running.bootstrap)
         return running.bootstrap, False
-    log.info("broker: starting a local Apache Kafka (no Docker engine, no KAFKA_BOOTSTRAP_SERVERS)")
+    log.info("broker: starting a local Apache Kafka (no KAFKA_BOOTSTRAP_SERVERS, no Docker Compose Kafka)")
     try:
         st = broker.start()
     except BrokerError as exc:
