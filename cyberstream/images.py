@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="a PEM CA file the app image's build trusts, for a TLS-intercepting proxy "
                         "(default: $EXTRA_CA)")  # fmt: skip
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="images: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s images: %(message)s", datefmt="%H:%M:%S")
     started = time.monotonic()
     try:
         problem = engine_problem()
