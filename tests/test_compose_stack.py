@@ -43,7 +43,7 @@ GENERATE_ARGS = "--days 4 --events-per-day 4000"
 #: One classifier instead of three: the stack is under test here, not the model selection.
 TRAIN_ARGS = "--classifiers random_forest"
 #: Seconds without a new alert after which the alert consumer prints its summary.
-ALERTS_IDLE_SECS = 90
+ALERTS_IDLE_SECS = 60
 
 
 def stack_problem() -> str | None:
