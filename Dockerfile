@@ -34,6 +34,7 @@ COPY cyberstream ./cyberstream
 COPY producer ./producer
 COPY training ./training
 COPY detector ./detector
+COPY alerts ./alerts
 RUN if ls /wheels/*.whl >/dev/null 2>&1; then export PIP_NO_INDEX=1 PIP_FIND_LINKS=/wheels; fi \
  && pip install --no-deps . \
  && pip check

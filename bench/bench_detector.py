@@ -165,7 +165,7 @@ def member_lines(summaries: list[str]) -> list[str]:
 def alert_quality(bootstrap: str, topics: list[str], data: Path, model_dir: Path) -> list[str]:
     """The alerts of each run (its alert topic) against the ground truth, as
     `cyberstream alerts --summary` counts them."""
-    from detector.alert_summary import summarize
+    from alerts.summary import summarize
     from detector.models import load_batch_model
     from training.data import read_events
 

@@ -32,11 +32,11 @@ import numpy as np
 import pandas as pd
 import psutil
 
+from cyberstream.features import CompiledEngine, feature_matrix
+from cyberstream.features.entityset import build_entityset
+from cyberstream.features.oracle import calculate_with_featuretools
 from cyberstream.schema import ATTRIBUTE_FIELDS, EVENT_FIELDS, IDENTITY_FIELDS, Event
-from detector.features import CompiledEngine, feature_matrix
-from detector.features.oracle import calculate_with_featuretools
 from producer.generator import GeneratorConfig, generate
-from training.entityset import build_entityset
 
 HOUR, DAY = 3600, 86_400
 

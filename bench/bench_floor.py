@@ -41,10 +41,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_detector import PARTITIONS, detect, produce, topics  # noqa: E402
 
 from cyberstream.broker import running_broker  # noqa: E402
+from cyberstream.features import make_engine  # noqa: E402
 from cyberstream.kafka_io import ensure_topics  # noqa: E402
 from cyberstream.schema import EVENT_FIELDS, decode_event, decode_label  # noqa: E402
 from detector.detect_cmd import tune_gc  # noqa: E402
-from detector.features import make_engine  # noqa: E402
 from detector.models import load_batch_model  # noqa: E402
 from detector.online import OnlineModel  # noqa: E402
 from detector.rdkafka_io import take  # noqa: E402

@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "produce": ("producer.produce_cmd", "replay a CyberFLTenDays CSV into Kafka in event-time order"),
     "train": ("training.train_cmd", "build the EntitySet, run DFS, train and evaluate the batch model"),
     "detect": ("detector.detect_cmd", "score connections from the event stream and publish alerts"),
-    "alerts": ("detector.alerts_cmd", "follow the alert topic, or summarise a run against the ground truth"),
+    "alerts": ("alerts.alerts_cmd", "follow the alert topic, or summarise a run against the ground truth"),
     "demo": ("cyberstream.demo_cmd", "replay ten days end to end and show the alerts (what `make demo` runs)"),
 }
 

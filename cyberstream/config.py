@@ -107,3 +107,8 @@ def replay_lateness_secs(speed: str | float) -> int:
     if str(speed) == "max":
         return 100 * 365 * 86_400
     return max(60, int(float(speed) / 2))
+
+#: the alert budget training sets the threshold by: false alerts per day on its validation period
+DEFAULT_FALSE_ALERTS_PER_DAY = 10.0
+#: the detector alerts a connection at most once per this many seconds of event time
+DEFAULT_COOLDOWN_SECS = 3600

@@ -8,7 +8,7 @@
    ten generated days.
 3. Model: trained into models/ if models/metadata.json is missing.
 4. The detector starts, the producer replays the data (as fast as the broker takes it, or
-   --speed X), the detector ends once the stream has been idle for a few seconds.
+   --speed X); once the producer has exited, the detector reads to the end and stops.
 5. The alerts are read back from the alert topic and summarised against the ground truth;
    the HTML report's path is printed.
 Ctrl-C stops everything the demo started.
@@ -51,8 +51,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--features", choices=["compiled", "oracle"], default="compiled",
                         help="detector feature engine (default compiled)")
     parser.add_argument("--report", type=Path, default=Path("reports") / "alerts.html", help="HTML report path")
-    parser.add_argument("--idle-timeout", type=float, default=8.0,
-                        help="wall seconds without new events after which the detector ends (default 8)")
+    parser.add_argument("--idle-timeout", type=float, default=None,
+                        help="also end the detector after this many wall seconds without new events "
+                        "(default: none; the detector ends once it has read what the producer wrote)")
     parser.add_argument("--quiet", action="store_true", help="do not print every alert, only the summary")
     parser.add_argument("--keep-broker", action="store_true",
                         help="leave a local broker the demo started running, to read the alert topic "
@@ -217,25 +218,32 @@ def _run(demo: Demo, args: argparse.Namespace, started: float) -> int:
     }
     common = ["--bootstrap-servers", bootstrap]
     checkpoint = config.state_dir() / f"demo-{run_id}.ckpt"
+    # Created once the producer has exited: the detector then reads to the end and stops.
+    end_file = config.state_dir() / f"demo-{run_id}.end"
+    idle = ["--idle-timeout", str(args.idle_timeout)] if args.idle_timeout is not None else []
     detector = demo.start([
         "detect", *common, "--model-dir", str(args.model_dir), "--group-id", f"cyberstream-demo-{run_id}",
         "--events-topic", topics["events"], "--labels-topic", topics["labels"], "--alerts-topic", topics["alerts"],
         "--dlq-topic", topics["dlq"], "--checkpoint", str(checkpoint), "--features", args.features,
-        "--idle-timeout", str(args.idle_timeout), "--allowed-lateness-secs", str(config.replay_lateness_secs(args.speed)),
+        "--end-file", str(end_file), *idle,
+        "--allowed-lateness-secs", str(config.replay_lateness_secs(args.speed)),
     ])  # fmt: skip
     demo.run([
         "produce", *common, "--data", str(args.data), "--events-topic", topics["events"],
         "--labels-topic", topics["labels"], "--dlq-topic", topics["dlq"], "--speed", str(args.speed),
         "--label-delay", str(args.label_delay),
     ])  # fmt: skip
+    end_file.parent.mkdir(parents=True, exist_ok=True)
+    end_file.touch()
     if detector.wait() != 0:
         raise SystemExit(f"cyberstream demo: the detector failed (exit {detector.returncode})")
     summary = ["alerts", *common, "--topic", topics["alerts"], "--summary", "--truth", str(args.data),
-               "--model-dir", str(args.model_dir), "--report", str(args.report), "--idle-timeout", "3"]  # fmt: skip
+               "--model-dir", str(args.model_dir), "--report", str(args.report), "--until-end"]  # fmt: skip
     if args.quiet:
         summary.append("--quiet")
     demo.run(summary)
     checkpoint.unlink(missing_ok=True)
+    end_file.unlink(missing_ok=True)
     where = f"alert topic: {topics['alerts']} on {bootstrap}"
     if demo.broker is not None and args.keep_broker:
         demo.broker = None  # not stopped: `cyberstream alerts` can read it; `cyberstream broker stop` ends it

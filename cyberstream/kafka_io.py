@@ -169,17 +169,39 @@ def dead_letter(source: str, reason: str, raw: bytes | str | None) -> bytes:
     )
 
 
-def read_topic(bootstrap: str, topic: str, quiet_secs: float = 3.0, timeout: float = 60.0) -> list[Any]:
+def at_end(consumer: Any, ends: Mapping[Any, int]) -> bool:
+    """Whether ``consumer`` has read every assigned partition up to ``ends`` (partition -> offset)."""
+    return all(consumer.position(tp) >= end for tp, end in ends.items())
+
+
+def read_topic(bootstrap: str, topic: str, timeout: float = 60.0) -> list[Any]:
     """Every message value of ``topic``, JSON-decoded, read from the start (no consumer group)
-    until nothing new has come for ``quiet_secs`` (or ``timeout`` passed): for scripts and tests."""
-    consumer = make_consumer(bootstrap, topic, group_id=None, client_id="cyberstream-reader")
+    up to the end offsets it has when the call begins: for scripts and tests.
+
+    Raises :class:`TimeoutError` naming the topic when the topic does not exist or its
+    records cannot all be read within ``timeout`` seconds: a partial list is never returned.
+    """
+    from kafka.structs import TopicPartition
+
+    consumer = make_consumer(bootstrap, group_id=None, client_id="cyberstream-reader")
     values: list[Any] = []
-    start = last = time.monotonic()
+    deadline = time.monotonic() + timeout
     try:
-        while time.monotonic() - last < quiet_secs and time.monotonic() - start < timeout:
+        while not (parts := consumer.partitions_for_topic(topic)):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"topic {topic!r} did not appear within {timeout:.0f} s")
+            time.sleep(0.2)
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        ends = consumer.end_offsets(tps)
+        while not at_end(consumer, ends):
+            if time.monotonic() > deadline:
+                got = sum(consumer.position(tp) for tp in tps)
+                raise TimeoutError(f"read {got:,} of the {sum(ends.values()):,} records of {topic!r} "
+                                   f"within {timeout:.0f} s")  # fmt: skip
             for records in consumer.poll(timeout_ms=500).values():
                 values.extend(json.loads(r.value) for r in records)
-                last = time.monotonic()
     finally:
         consumer.close()
     return values

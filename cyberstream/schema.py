@@ -19,11 +19,16 @@ Missing values: LANL writes ``?`` for an unknown value.
 Parsing never coerces: a row with the wrong number of columns, a non-integer or negative
 ``secs``, an empty identity field or an unknown label raises :class:`SchemaError` with a
 reason a person can act on.
+
+The alert the detector publishes has its JSON Schema in ``schemas/alert.schema.json``
+(:func:`alert_schema`), the contract between the detector and the alert tools.
 """
 
 from __future__ import annotations
 
 import json
+from functools import cache
+from importlib import resources
 from operator import itemgetter
 from typing import Any, NamedTuple
 
@@ -227,3 +232,9 @@ def decode_label(raw: bytes) -> LabelRecord:
     if label not in LABELS:
         raise SchemaError(f"label must be one of {sorted(LABELS)}, got {label!r}")
     return LabelRecord(conn, log_id, secs, LABELS[label])
+
+
+@cache
+def alert_schema() -> dict[str, Any]:
+    """The JSON Schema of an alert, shipped in the package."""
+    return json.loads(resources.files("cyberstream").joinpath("schemas/alert.schema.json").read_text())

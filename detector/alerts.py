@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-from functools import cache
-from importlib import resources
 from typing import Any
 
 import numpy as np
@@ -15,12 +12,6 @@ import numpy as np
 def alert_id(connection: str, cutoff_secs: int) -> str:
     """Deterministic id of the alert of ``connection`` at ``cutoff_secs`` (same on every replay)."""
     return hashlib.sha256(f"{connection}|{int(cutoff_secs)}".encode()).hexdigest()[:32]
-
-
-@cache
-def alert_schema() -> dict[str, Any]:
-    """The JSON Schema of an alert, shipped in the package."""
-    return json.loads(resources.files("cyberstream").joinpath("schemas/alert.schema.json").read_text())
 
 
 def json_value(value: Any) -> Any:

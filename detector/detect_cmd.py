@@ -12,7 +12,8 @@ model, and publishes an alert when the combined score reaches the threshold:
 so the online model gains weight as it learns from the delayed labels. Delivery is at
 least once: offsets are committed only after the alerts are acknowledged, together with a
 checkpoint of the online model; on restart windows are rebuilt from the log.
-Stops on SIGTERM/SIGINT (finishing the batch in hand), --max-events or --idle-timeout.
+Stops on SIGTERM/SIGINT (finishing the batch in hand), --max-events, --idle-timeout or,
+at the end of a replay, --end-file.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="compiled incremental engine, or featuretools itself (slow; for checking)")
     parser.add_argument("--threshold", type=float, default=None,
                         help="alert threshold on the combined score (default: the model's, from metadata.json)")
-    parser.add_argument("--cooldown-secs", type=int, default=3600,
+    parser.add_argument("--cooldown-secs", type=int, default=config.DEFAULT_COOLDOWN_SECS,
                         help="event-time seconds after an alert during which the same connection "
                         "does not alert again (default: %(default)s)")
     parser.add_argument("--online-weight", type=float, default=0.5,
@@ -66,6 +67,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-events", type=int, default=None, help="stop after this many events")
     parser.add_argument("--idle-timeout", type=float, default=None,
                         help="stop after this many wall seconds without new records, once caught up")
+    parser.add_argument("--end-file", type=Path, default=None,
+                        help="for a finite replay: once this file exists and every partition is read to its "
+                        "end, process what is held and stop; until then a caught-up partition waits for its "
+                        "own next record, however long the producer stalls (the replay's driver creates the "
+                        "file after the producer exits; `cyberstream demo` does)")
     parser.add_argument("--allowed-lateness-secs", type=int, default=60,
                         help="while a producer writes, a caught-up partition waits until the others are this "
                         "many seconds of event time ahead (or the stream pauses) before its second is closed; "
@@ -83,10 +89,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
 
+    from cyberstream.features import make_engine
     from cyberstream.kafka_io import BrokerUnavailable, ensure_topics, resolve_bootstrap
-    from detector.features import make_engine
+    from detector.checkpoint import CheckpointInUse, lock_checkpoint
+    from detector.config import DetectorConfig
     from detector.models import load_batch_model
-    from detector.stream import CheckpointInUse, DetectorConfig, StreamDetector, lock_checkpoint
+    from detector.stream import DeliveryFailed, StreamDetector
     from training.model import ModelLoadError
 
     log = logging.getLogger("cyberstream.detect")
@@ -121,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         cooldown_secs=args.cooldown_secs, learn_every_secs=args.learn_every_secs,
         online_weight=args.online_weight, online_warmup_positives=args.online_warmup,
         batch_size=args.batch_size, checkpoint_every_secs=args.checkpoint_every, max_events=args.max_events,
-        idle_timeout=args.idle_timeout, idle_drop_secs=args.idle_drop_secs,
+        idle_timeout=args.idle_timeout, end_file=args.end_file, idle_drop_secs=args.idle_drop_secs,
         max_idle_connections=args.max_idle_connections, base_epoch=args.base_epoch,
         log_every_secs=args.log_every, allowed_lateness_secs=args.allowed_lateness_secs,
         record_features=args.record_features, record_every=args.record_every,
@@ -138,14 +146,24 @@ def run(args: argparse.Namespace) -> int:
 
     threadpool_limits(limits=1)
     detector = StreamDetector(cfg, model, engine_factory, model.explainer())
-    fallback = getattr(detector.engine, "fallback_features", [])
+    fallback = getattr(detector.scorer.engine, "fallback_features", [])
     log.info("model %s: %d features (%s engine%s), window %d s, threshold %.4f, connection kind %s",
              model.version, len(model.feature_names), args.features,
              f"; {len(fallback)} fall back to featuretools: {', '.join(fallback)}" if fallback else "",
              model.window_secs, cfg.threshold, model.kind)  # fmt: skip
     detector.install_signal_handlers()
     tune_gc()
-    stats = detector.run()
+    from confluent_kafka import KafkaException
+
+    try:
+        stats = detector.run()
+    except DeliveryFailed as exc:
+        print(f"cyberstream detect: {exc}", file=sys.stderr)
+        return 1
+    except KafkaException as exc:  # a fatal consumer error (e.g. fenced): the last commit holds
+        print(f"cyberstream detect: fatal Kafka error ({exc}); everything up to the last checkpoint is "
+              "committed: fix the cause and restart to resume from it", file=sys.stderr)  # fmt: skip
+        return 1
     print(detector.summary(), file=sys.stderr)
     lock.close()
     return 0 if stats is not None else 1

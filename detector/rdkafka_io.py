@@ -98,8 +98,10 @@ class GroupSource:
         client_id: str,
         on_assign: Callable[[list[Partition]], dict[Partition, int | None]],
         on_revoke: Callable[[list[Partition]], None],
+        **overrides: object,
     ) -> None:
-        self._consumer = Consumer(consumer_config(bootstrap, group_id, client_id))
+        """``overrides``: librdkafka settings over :func:`consumer_config`'s."""
+        self._consumer = Consumer(consumer_config(bootstrap, group_id, client_id, **overrides))
         self._on_assign = on_assign
         self._on_revoke = on_revoke
         #: assigned partition -> offset after the last record handed over (or its start)
@@ -141,7 +143,9 @@ class GroupSource:
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
                     continue
-                if err.fatal():
+                # librdkafka reports a fatal error (e.g. a fenced static member) as an _FATAL
+                # event whose error is not flagged fatal itself: going on would leave a zombie.
+                if err.fatal() or err.code() == KafkaError._FATAL:
                     raise KafkaException(err)
                 log.warning("consumer error: %s", err)
                 continue

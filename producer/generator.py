@@ -22,6 +22,12 @@ detector can use, as LANL's red team did: a few credential checks from the attac
 before a user's run of logons (failed NTLM logons, a logon to the attacker host itself),
 and the destinations' logoffs after. Probes of users that are never used are unlabelled.
 
+``scenario="hard"`` (:data:`SCENARIOS`) makes novelty alone no answer: small ``burst`` and
+``slow`` campaigns before the last two days, a larger ``stealthy`` one in them that reuses
+edges already seen, and benign novelty bursts (new employee, new server, an administrator's
+sweep, new workstations) before and in them. It draws from streams of its own, so the
+default scenario's bytes do not depend on it.
+
 Everything is drawn from ``numpy.random.SeedSequence(seed)``: the same seed and settings
 give the same bytes. Day ``d`` has its own random stream, so memory stays bounded by one
 day of rows however many days are asked for.
@@ -31,7 +37,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -133,6 +139,26 @@ WELL_KNOWN_SERVERS = [625, 586, 529, 467, 457, 1065, 612, 528, 2106, 754, 585, 1
 #: LANL's red team worked almost entirely from C17693; the first campaign uses it.
 FIRST_ATTACKER_HOST = 17693
 
+#: ``default``: LANL-like burst campaigns on random days (the demo's file; its bytes are kept
+#: stable). ``hard``: small burst and slow campaigns before the last two days, a larger
+#: stealthy one in them, and benign novelty bursts throughout (see :func:`plan_hard_campaigns`
+#: and :func:`plan_benign_bursts`).
+SCENARIOS = ("default", "hard")
+#: Campaign styles: ``burst`` (LANL's: NTLM fan-out in bursts of hours), ``slow`` (a few
+#: logons a day over several days), ``stealthy`` (Kerberos from a compromised shared
+#: workstation, mostly to the accounts' own servers, few new destinations an hour).
+STYLES = ("burst", "slow", "stealthy")
+#: The hard scenario needs two days before its judged last two days, and day 0 clean.
+HARD_MIN_DAYS = 5
+#: The hard scenario's campaigns before the last two days take these styles in turn.
+HARD_EARLY_STYLES = ("burst", "slow")
+#: Sizes of the hard scenario's campaigns, as a multiple of ``campaign_intensity``.
+HARD_SMALL, HARD_LARGE = 0.3, 1.5
+#: A stealthy campaign reaches at most this many destinations new to it in a clock hour.
+STEALTHY_NEW_DESTS_PER_HOUR = 2
+#: Benign novelty bursts of the hard scenario (each once before the last two days, once in them).
+BURST_KINDS = ("new_employee", "new_server", "admin_sweep", "new_workstation")
+
 
 @dataclass(frozen=True)
 class GeneratorConfig:
@@ -144,6 +170,8 @@ class GeneratorConfig:
     campaigns: int = 3
     #: mean number of malicious (``A``) rows per campaign
     campaign_intensity: float = 110.0
+    #: one of SCENARIOS
+    scenario: str = "default"
 
     def __post_init__(self) -> None:
         if self.days < 1:
@@ -156,6 +184,13 @@ class GeneratorConfig:
             raise ValueError(f"campaign intensity must be >= 1, got {self.campaign_intensity}")
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if self.scenario not in SCENARIOS:
+            raise ValueError(f"scenario must be one of {', '.join(SCENARIOS)}, got {self.scenario!r}")
+        if self.scenario == "hard" and self.days < HARD_MIN_DAYS:
+            raise ValueError(
+                f"the hard scenario needs at least {HARD_MIN_DAYS} days (small campaigns before "
+                f"the last two days, a larger one in them), got {self.days}"
+            )
 
 
 # --------------------------------------------------------------------------------------
@@ -507,9 +542,11 @@ class Campaign:
     attacker_host: str
     users: list[str]  # compromised accounts (each used at least once)
     destinations: list[str]  # hosts the campaign may log on to
-    bursts: list[tuple[int, int]]  # (start secs, end secs)
+    bursts: list[tuple[int, int]]  # (start secs, end secs) of each stretch of activity
     malicious_rows: int = 0
     destinations_reached: int = 0
+    style: str = "burst"  # one of STYLES
+    first_malicious_secs: int = -1  # secs of its first malicious (A) row
 
     @property
     def burst_days(self) -> list[int]:
@@ -517,16 +554,20 @@ class Campaign:
 
 
 def plan_campaigns(cfg: GeneratorConfig, world: World) -> tuple[list[Campaign], Rows]:
-    """Plan the campaigns and build their rows (labelled logons and unlabelled traces)."""
+    """Plan the campaigns and build their rows (labelled logons and unlabelled traces).
+
+    The default scenario has ``cfg.campaigns`` burst campaigns on random days; the hard one
+    is :func:`plan_hard_campaigns`.
+    """
+    if cfg.scenario == "hard":
+        return plan_hard_campaigns(cfg, world)
     rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(1,)))
     user_pool = rng.permutation(np.setdiff1d(np.arange(len(world.user)), world.admins))
-    dest_pool = np.concatenate([world.workstations, world.servers[world.n_dc :]])
+    dest_pool = _campaign_destinations(world)
     campaigns: list[Campaign] = []
     blocks: list[Rows] = []
     next_user = 0
     for c in range(cfg.campaigns):
-        attacker = world.attackers[c]
-        a_host = world.host[attacker]
         n_mal = max(3, int(rng.poisson(cfg.campaign_intensity)))
         n_users = int(np.clip(round(n_mal / 6.5), 3, max(3, len(user_pool) // max(cfg.campaigns, 1) - 1)))
         n_decoys = max(1, round(0.3 * n_users))
@@ -537,78 +578,111 @@ def plan_campaigns(cfg: GeneratorConfig, world: World) -> tuple[list[Campaign], 
         next_user += n_users + n_decoys
         n_dest = int(np.clip(round(n_mal * 0.9), 3, len(dest_pool)))
         dests = rng.choice(dest_pool, size=n_dest, replace=False)
-        dest_w = 1.0 / np.arange(1, n_dest + 1) ** 0.5
-        dest_w /= dest_w.sum()
-
         candidate_days = np.arange(1, cfg.days) if cfg.days > 1 else np.array([0])
-        n_bursts = int(min(len(candidate_days), rng.integers(3, 6)))
-        days = np.sort(rng.choice(candidate_days, size=n_bursts, replace=False))
-        starts = days * DAY + rng.integers(7 * 3600, 19 * 3600, n_bursts)
-        ends = starts + rng.integers(40 * 60, 3 * 3600, n_bursts)
-        # every compromised user is used in some burst (its home burst), some in more than one
-        home = rng.permutation(n_users) % n_bursts
-        burst_users = []
-        for b in range(n_bursts):
-            in_burst = np.flatnonzero((home == b) | (rng.random(n_users) < 0.25))
-            burst_users.append(
-                rng.permutation(in_burst) if len(in_burst) else np.array([rng.integers(n_users)])
+        campaign, rows = _burst_campaign(rng, world, c, world.attackers[c], users, decoys, dests, n_mal,
+                                         candidate_days)  # fmt: skip
+        campaigns.append(campaign)
+        blocks += rows
+    return campaigns, _concat_or_empty(blocks)
+
+
+def _campaign_destinations(world: World) -> np.ndarray:
+    """Hosts campaigns log on to: workstations and servers other than the domain controllers."""
+    return np.concatenate([world.workstations, world.servers[world.n_dc :]])
+
+
+def _concat_or_empty(blocks: list[Rows]) -> Rows:
+    return Rows.concat(blocks) if blocks else Rows.make([], 0, 0, 0, 0, 0)
+
+
+def _burst_campaign(
+    rng: np.random.Generator,
+    world: World,
+    index: int,
+    attacker: int,
+    users: np.ndarray,
+    decoys: np.ndarray,
+    dests: np.ndarray,
+    n_mal: int,
+    candidate_days: np.ndarray,
+    n_bursts: tuple[int, int] = (3, 6),
+) -> tuple[Campaign, list[Rows]]:
+    """LANL's shape: one attacker host, runs of NTLM logons per user to many destinations, in
+    bursts of 40 min to 3 h on ``n_bursts`` (low, high exclusive) of ``candidate_days``.
+    ``users``, ``decoys`` are user indexes, ``attacker`` and ``dests`` host indexes."""
+    a_host = world.host[attacker]
+    n_users, n_dest = len(users), len(dests)
+    blocks: list[Rows] = []
+    dest_w = 1.0 / np.arange(1, n_dest + 1) ** 0.5
+    dest_w /= dest_w.sum()
+    n_bursts = int(min(len(candidate_days), rng.integers(*n_bursts)))
+    days = np.sort(rng.choice(candidate_days, size=n_bursts, replace=False))
+    starts = days * DAY + rng.integers(7 * 3600, 19 * 3600, n_bursts)
+    ends = starts + rng.integers(40 * 60, 3 * 3600, n_bursts)
+    # every compromised user is used in some burst (its home burst), some in more than one
+    home = rng.permutation(n_users) % n_bursts
+    burst_users = []
+    for b in range(n_bursts):
+        in_burst = np.flatnonzero((home == b) | (rng.random(n_users) < 0.25))
+        burst_users.append(rng.permutation(in_burst) if len(in_burst) else np.array([rng.integers(n_users)]))
+    sizes = np.array([len(u) for u in burst_users])
+    extra = max(n_mal - int(sizes.sum()), 0)
+    per_burst = sizes + rng.multinomial(extra, rng.dirichlet(np.full(n_bursts, 2.0)))
+    user_w = _lognormal_weights(rng, n_users, 0.7)
+    reached: set[int] = set()
+    for b in range(n_bursts):
+        in_burst, m = burst_users[b], int(per_burst[b])
+        p = user_w[in_burst] / user_w[in_burst].sum()
+        per_user = rng.multinomial(m - len(in_burst), p) + 1
+        times = np.sort(rng.integers(starts[b], ends[b], m))
+        # the attacker works one credential at a time: a run of logons per user
+        who = np.repeat(users[in_burst], per_user)
+        dest = _pick(rng, dests, m, dest_w)
+        reached.update(dest.tolist())
+        acct = world.user[who]
+        auth = np.where(rng.random(m) < 0.9, NTLM_LOGON, KRB_LOGON)
+        blocks.append(Rows.make(times, acct, acct, a_host, world.host[dest], auth, True))
+        # destinations log the session off (unlabelled, as in LANL)
+        off = rng.random(m) < 0.8
+        blocks.append(
+            Rows.make(
+                times[off] + 1 + rng.integers(0, 60, int(off.sum())),
+                acct[off], acct[off], world.host[dest[off]], world.host[dest[off]], LOGOFF,
             )
-        sizes = np.array([len(u) for u in burst_users])
-        extra = max(n_mal - int(sizes.sum()), 0)
-        per_burst = sizes + rng.multinomial(extra, rng.dirichlet(np.full(n_bursts, 2.0)))
-        user_w = _lognormal_weights(rng, n_users, 0.7)
-        reached: set[int] = set()
-        for b in range(n_bursts):
-            in_burst, m = burst_users[b], int(per_burst[b])
-            p = user_w[in_burst] / user_w[in_burst].sum()
-            per_user = rng.multinomial(m - len(in_burst), p) + 1
-            times = np.sort(rng.integers(starts[b], ends[b], m))
-            # the attacker works one credential at a time: a run of logons per user
-            who = np.repeat(users[in_burst], per_user)
-            dest = _pick(rng, dests, m, dest_w)
-            reached.update(dest.tolist())
-            acct = world.user[who]
-            auth = np.where(rng.random(m) < 0.9, NTLM_LOGON, KRB_LOGON)
-            blocks.append(Rows.make(times, acct, acct, a_host, world.host[dest], auth, True))
-            # destinations log the session off (unlabelled, as in LANL)
-            off = rng.random(m) < 0.8
-            blocks.append(
-                Rows.make(
-                    times[off] + 1 + rng.integers(0, 60, int(off.sum())),
-                    acct[off], acct[off], world.host[dest[off]], world.host[dest[off]], LOGOFF,
-                )
-            )  # fmt: skip
-            # credential checks from the attacker host before each user's run (unlabelled)
-            first = np.r_[0, np.cumsum(per_user)[:-1]]
-            blocks.append(_probes(rng, world, acct[first], times[first], a_host, world.host[dest[first]]))
-        # probes of users the attacker never uses (unlabelled decoys)
-        if len(decoys):
-            b = rng.integers(0, n_bursts, len(decoys))
-            t = rng.integers(starts[b], ends[b])
-            blocks.append(
-                _probes(
-                    rng,
-                    world,
-                    world.user[decoys],
-                    t + 900,
-                    a_host,
-                    world.host[_pick(rng, dests, len(decoys))],
-                )
-            )
-        campaigns.append(
-            Campaign(
-                index=c,
-                attacker_host=world.vocab[a_host],
-                users=[world.vocab[world.user[u]] for u in users],
-                destinations=[world.vocab[world.host[d]] for d in dests],
-                bursts=[(int(s), int(e)) for s, e in zip(starts, ends, strict=True)],
-                malicious_rows=int(per_burst.sum()),
-                destinations_reached=len(reached),
+        )  # fmt: skip
+        # credential checks from the attacker host before each user's run (unlabelled)
+        first = np.r_[0, np.cumsum(per_user)[:-1]]
+        blocks.append(_probes(rng, world, acct[first], times[first], a_host, world.host[dest[first]]))
+    # probes of users the attacker never uses (unlabelled decoys)
+    if len(decoys):
+        b = rng.integers(0, n_bursts, len(decoys))
+        t = rng.integers(starts[b], ends[b])
+        blocks.append(
+            _probes(
+                rng,
+                world,
+                world.user[decoys],
+                t + 900,
+                a_host,
+                world.host[_pick(rng, dests, len(decoys))],
             )
         )
-    if not blocks:
-        return campaigns, Rows.make([], 0, 0, 0, 0, 0)
-    return campaigns, Rows.concat(blocks)
+    campaign = Campaign(
+        index=index,
+        attacker_host=world.vocab[a_host],
+        users=[world.vocab[world.user[u]] for u in users],
+        destinations=[world.vocab[world.host[d]] for d in dests],
+        bursts=[(int(s), int(e)) for s, e in zip(starts, ends, strict=True)],
+        malicious_rows=int(per_burst.sum()),
+        destinations_reached=len(reached),
+        style="burst",
+        first_malicious_secs=_first_malicious(blocks),
+    )
+    return campaign, blocks
+
+
+def _first_malicious(blocks: list[Rows]) -> int:
+    return min(int(b.secs[b.label].min()) for b in blocks if b.label.any())
 
 
 def _probes(rng, world: World, acct, first_time, a_host, dest) -> Rows:
@@ -621,6 +695,340 @@ def _probes(rng, world: World, acct, first_time, a_host, dest) -> Rows:
     local = rng.random(k) < 0.4  # a logon to the attacker host itself succeeds
     attrs = np.where(local, NTLM_LOGON, NTLM_LOGON + FAIL)
     return Rows.make(t, acct, acct, a_host, np.where(local, a_host, dest), attrs)
+
+
+# --------------------------------------------------------------------------------------
+# The hard scenario: campaigns of other shapes
+# --------------------------------------------------------------------------------------
+def plan_hard_campaigns(cfg: GeneratorConfig, world: World) -> tuple[list[Campaign], Rows]:
+    """Small campaigns before the last two days, a larger one of another shape in them.
+
+    The first ``cfg.campaigns - 1`` campaigns (styles HARD_EARLY_STYLES in turn, about
+    ``HARD_SMALL * campaign_intensity`` malicious rows each) run on days 1 .. days-3 from
+    their own attacker hosts; the last (``stealthy``, about ``HARD_LARGE * campaign_intensity``
+    rows) runs on the last two days. Note: it changes ``world``: the stealthy campaign's
+    accounts share a workstation from day 0, where the attacker later harvests their credentials.
+    """
+    rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(3,)))
+    user_pool = rng.permutation(np.setdiff1d(np.arange(len(world.user)), world.admins))
+    dest_pool = _campaign_destinations(world)
+    next_user = 0
+
+    def take_users(n: int) -> np.ndarray:
+        nonlocal next_user
+        n = min(n, len(user_pool))
+        if next_user + n > len(user_pool):  # tiny worlds: allow overlap
+            next_user = 0
+        next_user += n
+        return user_pool[next_user - n : next_user]
+
+    early_days = np.arange(1, cfg.days - 2)
+    late_days = np.arange(cfg.days - 2, cfg.days)
+    n_late = 1 if cfg.campaigns else 0
+    campaigns: list[Campaign] = []
+    blocks: list[Rows] = []
+    for c in range(cfg.campaigns - n_late):
+        style = HARD_EARLY_STYLES[c % len(HARD_EARLY_STYLES)]
+        n_mal = max(3, int(rng.poisson(HARD_SMALL * cfg.campaign_intensity)))
+        users = take_users(int(max(3, round(n_mal / 6.5))))
+        dests = rng.choice(dest_pool, size=int(np.clip(round(n_mal * 0.9), 3, len(dest_pool))), replace=False)
+        if style == "burst":
+            decoys = take_users(max(1, round(0.3 * len(users))))
+            campaign, rows = _burst_campaign(rng, world, c, world.attackers[c], users, decoys, dests, n_mal,
+                                             early_days, n_bursts=(2, 4))  # fmt: skip
+        else:
+            campaign, rows = _slow_campaign(
+                rng, world, c, world.attackers[c], users, dests, n_mal, early_days
+            )
+        campaigns.append(campaign)
+        blocks += rows
+    if n_late:
+        n_mal = max(3, int(rng.poisson(HARD_LARGE * cfg.campaign_intensity)))
+        # accounts busy enough to have logged on at the shared host before the attacker harvests them
+        rest = user_pool[next_user:] if next_user < len(user_pool) else user_pool
+        busy = rest[world.user_weight[rest] >= np.median(world.user_weight)]
+        team = busy[: int(max(3, round(n_mal / 10)))]
+        # the team works from team[0]'s workstation too (a shared host), benign from day 0
+        world.user_ws[team[1:], 1] = world.user_ws[team[0], 0]
+        dests = rng.choice(dest_pool, size=int(np.clip(round(n_mal * 0.3), 3, len(dest_pool))), replace=False)
+        campaign, rows = _stealthy_campaign(rng, world, len(campaigns), team, dests, n_mal, late_days)
+        campaigns.append(campaign)
+        blocks += rows
+    return campaigns, _concat_or_empty(blocks)
+
+
+def _sessions(rng, world: World, t0, acct, src, dest, auth, label: bool = False, logoff_p: float = 1.0):
+    """Network logon sessions as rows: a ticket request (TGS) to a domain controller just
+    before each Kerberos logon, the logon at ``t0`` (labelled ``label``), and the
+    destination's logoff after it with probability ``logoff_p``. Hosts are codes."""
+    t0 = np.asarray(t0, dtype=np.int64)
+    n = len(t0)
+    acct, src, dest, auth = (np.broadcast_to(np.asarray(v), (n,)) for v in (acct, src, dest, auth))
+    krb = auth == KRB_LOGON
+    dc = world.host[_pick(rng, world.dcs, n)]
+    off = rng.random(n) < logoff_p
+    return [
+        Rows.make(t0[krb] - rng.integers(0, 3, int(krb.sum())), acct[krb], acct[krb], src[krb], dc[krb], TGS),
+        Rows.make(t0, acct, acct, src, dest, auth, label),
+        Rows.make(
+            t0[off] + _logoff_delay(rng, int(off.sum())), acct[off], acct[off], dest[off], dest[off], LOGOFF
+        ),
+    ]
+
+
+def _every_one_then_weighted(rng, n_items: int, n: int, sigma: float = 0.7) -> np.ndarray:
+    """``n`` picks among ``n_items`` (n >= n_items): each item once, the rest by heavy-tailed weights."""
+    extra = rng.choice(n_items, size=max(n - n_items, 0), p=_lognormal_weights(rng, n_items, sigma))
+    return rng.permutation(np.concatenate([np.arange(n_items), extra]))[:n]
+
+
+def _slow_campaign(rng, world: World, index: int, attacker: int, users, dests, n_mal: int, days):
+    """A few logons a day over 3-5 consecutive ``days`` from one attacker host, in working
+    hours, at most one per half-hour slot (two an hour) while a day has at most 20; 60 %
+    NTLM; half of them to the account's own servers. A credential check precedes an
+    account's first logon half of the time (unlabelled)."""
+    a_host = world.host[attacker]
+    span = int(min(len(days), rng.integers(3, 6)))
+    active = days[int(rng.integers(0, len(days) - span + 1)) :][:span]
+    day_of = np.sort(active[_every_one_then_weighted(rng, span, max(n_mal, span), sigma=0.3)[:n_mal]])
+    times = np.empty(n_mal, dtype=np.int64)
+    for d in np.unique(day_of):
+        sel = np.flatnonzero(day_of == d)
+        slots = rng.choice(20, size=len(sel), replace=len(sel) > 20)
+        times[sel] = np.sort(d * DAY + 8 * 3600 + slots * 1800 + rng.integers(0, 1800, len(sel)))
+    who = _every_one_then_weighted(rng, len(users), n_mal)
+    u = users[who]
+    own = rng.random(n_mal) < 0.5
+    dest = np.where(own, world.user_servers[u, rng.integers(0, 3, n_mal)], _pick(rng, dests, n_mal))
+    acct = world.user[u]
+    auth = np.where(rng.random(n_mal) < 0.6, NTLM_LOGON, KRB_LOGON)
+    blocks = _sessions(rng, world, times, acct, a_host, world.host[dest], auth, label=True, logoff_p=0.8)
+    first = np.unique(who, return_index=True)[1]
+    first = first[rng.random(len(first)) < 0.5]
+    if len(first):
+        blocks.append(_probes(rng, world, acct[first], times[first], a_host, world.host[dest[first]]))
+    return _spread_campaign(world, index, "slow", a_host, users, dests, times, len(np.unique(dest))), blocks
+
+
+def _spread_campaign(world: World, index: int, style: str, a_host: int, users, dests, times, reached: int):
+    """The truth of a campaign without bursts: one stretch of activity per day it is active."""
+    day_of = times // DAY
+    return Campaign(
+        index=index,
+        attacker_host=world.vocab[a_host],
+        users=[world.vocab[world.user[u]] for u in users],
+        destinations=[
+            world.vocab[world.host[d]] for d in np.union1d(dests, world.user_servers[users].ravel())
+        ],
+        bursts=[(int(times[day_of == d].min()), int(times[day_of == d].max())) for d in np.unique(day_of)],
+        malicious_rows=len(times),
+        destinations_reached=reached,
+        style=style,
+        first_malicious_secs=int(times.min()),
+    )
+
+
+def _stealthy_campaign(rng, world: World, index: int, team, dests, n_mal: int, days):
+    """From a compromised workstation that ``team`` shares (``world.user_ws``), the
+    attacker logs on as the team's accounts, 90 % Kerberos (with the ticket request),
+    spread over the working hours of ``days``: mostly to destinations the account already
+    uses (its own servers, or those the campaign reached as it before), now and then to one
+    of ``dests``, with at most STEALTHY_NEW_DESTS_PER_HOUR destinations new to the campaign
+    in any clock hour. No failed credential checks."""
+    ws = world.user_ws[team[0], 0]
+    a_host = world.host[ws]
+    day_of = np.sort(days[_every_one_then_weighted(rng, len(days), max(n_mal, len(days)), 0.2)[:n_mal]])
+    times = np.sort(day_of * DAY + rng.integers(8 * 3600, 18 * 3600, n_mal))
+    who = _every_one_then_weighted(rng, len(team), n_mal)
+    dest = np.empty(n_mal, dtype=np.int64)
+    reached: set[int] = set()
+    known = [set(world.user_servers[u].tolist()) for u in team]  # destinations each account uses
+    new_in_hour: dict[int, int] = {}
+    for i in range(n_mal):
+        k, hour = who[i], int(times[i] // 3600)
+        options = sorted(known[k])
+        d = int(_pick(rng, dests, 1)[0]) if rng.random() < 0.2 else int(options[rng.integers(len(options))])
+        if d not in reached and new_in_hour.get(hour, 0) >= STEALTHY_NEW_DESTS_PER_HOUR:
+            options = sorted(known[k] & reached) or sorted(reached)
+            d = int(options[rng.integers(len(options))])
+        if d not in reached:
+            reached.add(d)
+            new_in_hour[hour] = new_in_hour.get(hour, 0) + 1
+        known[k].add(d)
+        dest[i] = d
+    acct = world.user[team[who]]
+    auth = np.where(rng.random(n_mal) < 0.9, KRB_LOGON, NTLM_LOGON)
+    blocks = _sessions(rng, world, times, acct, a_host, world.host[dest], auth, label=True, logoff_p=0.8)
+    return _spread_campaign(world, index, "stealthy", a_host, team, dests, times, len(reached)), blocks
+
+
+# --------------------------------------------------------------------------------------
+# The hard scenario: benign novelty bursts (label N), so that novelty alone is no answer
+# --------------------------------------------------------------------------------------
+@dataclass
+class BenignBurst:
+    """A benign event that makes many first-time edges: who, where, when."""
+
+    kind: str  # one of BURST_KINDS
+    day: int
+    start_secs: int
+    users: list[str]
+    hosts: list[str]  # the new hosts it brings (new_employee, new_server, admin_sweep, new_workstation)
+    rows: int = 0
+
+
+class _NewIdentities:
+    """New hosts and accounts appended to ``world.vocab`` (existing codes keep their meaning)."""
+
+    def __init__(self, world: World, rng: np.random.Generator) -> None:
+        self.world, self.rng = world, rng
+        self.used = {int(v[1:].split("@")[0]) for v in world.vocab if v[0] in "CU" and "$" not in v}
+
+    def _fresh(self, prefix: str) -> tuple[int, str]:
+        while True:
+            i = int(self.rng.integers(1, max(30_000, 3 * len(self.used))))
+            if i not in self.used:
+                self.used.add(i)
+                return i, f"{prefix}{i}"
+
+    def _code(self, name: str) -> int:
+        self.world.vocab.append(name)
+        return len(self.world.vocab) - 1
+
+    def host(self) -> tuple[int, int]:
+        """(code of "C123", code of its computer account "C123$@DOM1")"""
+        _, name = self._fresh("C")
+        return self._code(name), self._code(f"{name}$@DOM1")
+
+    def user(self) -> int:
+        _, name = self._fresh("U")
+        return self._code(f"{name}@DOM1")
+
+
+def plan_benign_bursts(cfg: GeneratorConfig, world: World) -> tuple[list[BenignBurst], Rows]:
+    """Each kind of BURST_KINDS once on a weekday before the last two days and once in them:
+
+    * ``new_employee``: a new account on a new workstation reaches 12-20 servers for the
+      first time on its first morning, then uses three of them daily;
+    * ``new_server``: a new server that a quarter of the users reach in one morning, and
+      some of them daily after;
+    * ``admin_sweep``: an administrator logs on to 40 % of the workstations and servers in two
+      hours, from a new management host;
+    * ``new_workstation``: 4-8 users get a new laptop and work from it from then on.
+
+    Every row is labelled N. New hosts and accounts are appended to ``world.vocab``.
+    """
+    rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(4,)))
+    new = _NewIdentities(world, rng)
+    last_day = cfg.days - 1
+
+    def weekdays(days: range) -> list[int]:
+        return [d for d in days if d % 7 not in WEEKEND] or list(days)
+
+    periods = (weekdays(range(1, cfg.days - 2)), weekdays(range(cfg.days - 2, cfg.days)))
+    builders = {"new_employee": _new_employee, "new_server": _new_server,
+                "admin_sweep": _admin_sweep, "new_workstation": _new_workstation}  # fmt: skip
+    bursts: list[BenignBurst] = []
+    blocks: list[Rows] = []
+    for kind in BURST_KINDS:
+        for period in periods:
+            day = int(period[rng.integers(len(period))])
+            burst, rows = builders[kind](rng, world, new, day, last_day)
+            burst.rows = sum(len(r) for r in rows)
+            bursts.append(burst)
+            blocks += rows
+    return bursts, _concat_or_empty(blocks)
+
+
+def _user_days(rng, world: World, acct, ws, servers, first_day: int, last_day: int, per_day: float):
+    """Ordinary Kerberos sessions of accounts ``acct`` (one per row of ``servers``) from ``ws``
+    to their ``servers`` (codes, shape (accounts, k)) on ``first_day`` .. ``last_day``."""
+    blocks: list[Rows] = []
+    acct, ws = np.asarray(acct), np.asarray(ws)
+    for d in range(first_day, last_day + 1):
+        n = rng.poisson(per_day * day_weight(d, "user_server"), len(acct))
+        who = np.repeat(np.arange(len(acct)), n)
+        if not len(who):
+            continue
+        srv = servers[who, rng.integers(0, servers.shape[1], len(who))]
+        t0 = _activity_starts(rng, len(who), d, USER_HOURS)
+        blocks += _sessions(rng, world, t0, acct[who], ws[who], srv, KRB_LOGON)
+    return blocks
+
+
+def _boot(rng, world: World, t0: int, host: int, machine: int) -> list[Rows]:
+    """A new host's computer account asks a domain controller for tickets."""
+    dc = world.host[_pick(rng, world.dcs, 3)]
+    return [Rows.make(t0 + np.arange(3) * 60, machine, machine, host, dc, [TGT, TGS, TGS])]
+
+
+def _morning(rng, day: int) -> int:
+    return day * DAY + 8 * 3600 + int(rng.integers(0, 5400))
+
+
+def _new_employee(rng, world: World, new: _NewIdentities, day: int, last_day: int):
+    acct = new.user()
+    ws, machine = new.host()
+    start = _morning(rng, day)
+    all_servers = world.host[world.servers]
+    servers = rng.choice(all_servers, size=min(len(all_servers), int(rng.integers(12, 21))), replace=False)
+    t0 = np.sort(start + 120 + rng.integers(0, 4 * 3600, len(servers)))
+    blocks = _boot(rng, world, start - 900, ws, machine)
+    blocks.append(
+        Rows.make([start, start + 1], acct, acct, ws, [world.host[world.dcs[0]], ws], [TGT, INTERACTIVE[0]])
+    )
+    blocks += _sessions(rng, world, t0, acct, ws, servers, KRB_LOGON)
+    blocks += _user_days(rng, world, [acct], [ws], servers[None, :3], day + 1, last_day, 12.0)
+    burst = BenignBurst("new_employee", day, start, [world.vocab[acct]], [world.vocab[ws]])
+    return burst, blocks
+
+
+def _new_server(rng, world: World, new: _NewIdentities, day: int, last_day: int):
+    srv, machine = new.host()
+    start = _morning(rng, day)
+    users = rng.choice(len(world.user), size=max(10, len(world.user) // 4), replace=False)
+    acct, ws = world.user[users], world.host[world.user_ws[users, 0]]
+    t0 = start + rng.integers(0, 4 * 3600, len(users))
+    blocks = _boot(rng, world, start - 1800, srv, machine)
+    blocks += _sessions(rng, world, t0, acct, ws, srv, KRB_LOGON)
+    regulars = rng.random(len(users)) < 0.3
+    blocks += _user_days(rng, world, acct[regulars], ws[regulars], np.full((int(regulars.sum()), 1), srv),
+                         day + 1, last_day, 1.0)  # fmt: skip
+    burst = BenignBurst("new_server", day, start, [world.vocab[a] for a in acct], [world.vocab[srv]])
+    return burst, blocks
+
+
+def _admin_sweep(rng, world: World, new: _NewIdentities, day: int, last_day: int):
+    admin = world.user[world.admins[rng.integers(len(world.admins))]]
+    src, machine = new.host()
+    start = day * DAY + int(rng.integers(9 * 3600, 15 * 3600))
+    targets = np.concatenate([world.workstations, world.servers])
+    dest = world.host[rng.choice(targets, size=max(20, round(0.4 * len(targets))), replace=False)]
+    t0 = np.sort(start + rng.integers(0, 2 * 3600, len(dest)))
+    auth = np.where(rng.random(len(dest)) < 0.5, NTLM_LOGON, KRB_LOGON)
+    blocks = _boot(rng, world, start - 600, src, machine)
+    blocks += _sessions(rng, world, t0, admin, src, dest, auth)
+    burst = BenignBurst("admin_sweep", day, start, [world.vocab[admin]], [world.vocab[src]])
+    return burst, blocks
+
+
+def _new_workstation(rng, world: World, new: _NewIdentities, day: int, last_day: int):
+    users = rng.choice(np.setdiff1d(np.arange(len(world.user)), world.admins), size=int(rng.integers(4, 9)),
+                       replace=False)  # fmt: skip
+    hosts = [new.host() for _ in users]
+    ws = np.array([h for h, _ in hosts])
+    acct = world.user[users]
+    start = _morning(rng, day)
+    blocks: list[Rows] = []
+    for (h, machine), a in zip(hosts, acct, strict=True):
+        t = start + int(rng.integers(0, 3600))
+        blocks += _boot(rng, world, t - 300, h, machine)
+        blocks.append(Rows.make([t], a, a, h, h, INTERACTIVE[0]))
+    servers = world.host[world.user_servers[users]]
+    blocks += _user_days(rng, world, acct, ws, servers, day, last_day, 6.0)
+    burst = BenignBurst("new_workstation", day, start, [world.vocab[a] for a in acct],
+                        [world.vocab[h] for h in ws])  # fmt: skip
+    return burst, blocks
 
 
 # --------------------------------------------------------------------------------------
@@ -658,11 +1066,13 @@ class GenerateSummary:
     malicious_rows: int = 0
     connections: int = 0
     days: int = 0
+    scenario: str = "default"
     campaigns: list[Campaign] = field(default_factory=list)
+    benign_bursts: list[BenignBurst] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         out = [
-            f"wrote {self.path}",
+            f"wrote {self.path} (scenario {self.scenario})",
             f"  rows            {self.rows:,} over {self.days} day(s)",
             f"  malicious rows  {self.malicious_rows:,} (label A)",
             f"  connections     {self.connections:,} (src_name / dest_name)",
@@ -670,11 +1080,27 @@ class GenerateSummary:
         ]
         for c in self.campaigns:
             out.append(
-                f"    #{c.index}: attacker {c.attacker_host}, {len(c.users)} users, "
+                f"    #{c.index} {c.style}: attacker {c.attacker_host}, {len(c.users)} users, "
                 f"{c.destinations_reached} destinations, {c.malicious_rows} malicious rows, "
-                f"bursts on days {', '.join(str(d) for d in c.burst_days)}"
+                f"active on days {', '.join(str(d) for d in c.burst_days)}"
+            )
+        if self.benign_bursts:
+            out.append(f"  benign bursts   {len(self.benign_bursts)} (label N)")
+        for b in self.benign_bursts:
+            out.append(
+                f"    {b.kind} on day {b.day}: {len(b.users)} user(s), new host(s) {', '.join(b.hosts[:3])}"
+                f"{' ...' if len(b.hosts) > 3 else ''}, {b.rows} rows"
             )
         return out
+
+    def truth(self) -> dict:
+        """The campaigns and benign bursts, as JSON-ready values (``generate --truth``)."""
+        return {
+            "scenario": self.scenario,
+            "days": self.days,
+            "campaigns": [asdict(c) for c in self.campaigns],
+            "benign_bursts": [asdict(b) for b in self.benign_bursts],
+        }
 
 
 def generate(
@@ -686,12 +1112,20 @@ def generate(
     world_rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(0,)))
     world = build_world(cfg, world_rng)
     campaigns, campaign_rows = plan_campaigns(cfg, world)
+    last_sec = cfg.days * DAY - 1
+    benign_bursts: list[BenignBurst] = []
+    if cfg.scenario == "hard":
+        benign_bursts, burst_rows = plan_benign_bursts(cfg, world)
+        # planned rows ride with the campaigns' (a day's rows are taken by the day they start)
+        campaign_rows = Rows.concat([campaign_rows, burst_rows])
+        np.clip(campaign_rows.secs, 0, last_sec, out=campaign_rows.secs)
     counts = activities_per_day(cfg)
     vocab = np.array(world.vocab, dtype=object)
     suffixes = _suffixes()
     n_vocab = np.int64(len(vocab))
-    last_sec = cfg.days * DAY - 1
-    summary = GenerateSummary(path=Path(out), days=cfg.days, campaigns=campaigns)
+    summary = GenerateSummary(
+        path=Path(out), days=cfg.days, scenario=cfg.scenario, campaigns=campaigns, benign_bursts=benign_bursts
+    )
     connections = np.empty(0, dtype=np.int64)
     campaign_day = campaign_rows.secs // DAY
 

@@ -33,7 +33,7 @@ import pickle
 import tempfile
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -289,10 +289,13 @@ class BrokerGone(RuntimeError):
 class Replayer:
     """Sends one file's events, labels and dead letters; see the module docstring."""
 
-    def __init__(self, settings: ReplaySettings, producer=None):
+    def __init__(self, settings: ReplaySettings, producer=None, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep):  # fmt: skip
+        """``clock`` and ``sleep`` pace a replay with a speed (tests pass a simulated clock)."""
         self.s = settings
         self.summary = ReplaySummary()
         self._producer = producer
+        self._clock, self._sleep = clock, sleep
         self._consecutive_errors = 0
         self._wall0: float | None = None
         self._secs0 = 0
@@ -317,11 +320,11 @@ class Replayer:
         if self.s.speed is None:
             return
         if self._wall0 is None:
-            self._wall0, self._secs0 = time.monotonic(), secs
+            self._wall0, self._secs0 = self._clock(), secs
             return
-        delay = self._wall0 + (secs - self._secs0) / self.s.speed - time.monotonic()
+        delay = self._wall0 + (secs - self._secs0) / self.s.speed - self._clock()
         if delay > 0:
-            time.sleep(delay)
+            self._sleep(delay)
 
     def _dead_letter(self, log_id: int, raw: str, reason: str) -> None:
         value = kafka_io.dead_letter(DLQ_SOURCE, reason, raw.encode("utf-8", "surrogateescape"))

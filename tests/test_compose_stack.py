@@ -25,9 +25,9 @@ from pathlib import Path
 
 import pytest
 
+from alerts.summary import DEFAULT_CAMPAIGN_GAP_SECS, Summary, summarize
 from cyberstream import images
 from cyberstream.kafka_io import read_topic
-from detector.alert_summary import DEFAULT_CAMPAIGN_GAP_SECS, Summary, summarize
 from tests.conftest import expect_docker
 from tests.test_demo_e2e import _figure
 from training.data import read_events

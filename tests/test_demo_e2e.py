@@ -28,10 +28,11 @@ def _figure(text: str, pattern: str) -> tuple[int, ...]:
 
 def test_demo_prints_a_summary_that_matches_the_ground_truth(kafka_bootstrap: str, tmp_path):
     env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap, CYBERSTREAM_HOME=str(tmp_path / "var"))
+    # No idle timeout: the demo tells the detector when the replay is complete (--end-file), so
+    # a stalled producer can neither make events late nor end the detector early.
     proc = subprocess.run(
-        [sys.executable, "-m", "cyberstream.cli", "demo", "--days", "4", "--events-per-day", "4000", "--quiet",
-         "--idle-timeout", "4"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
+        [sys.executable, "-m", "cyberstream.cli", "demo", "--days", "4", "--events-per-day", "4000", "--quiet"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=840,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
     out = proc.stdout
@@ -47,6 +48,8 @@ def test_demo_prints_a_summary_that_matches_the_ground_truth(kafka_bootstrap: st
     truth, _ = read_events(tmp_path / "data" / "CyberFLTenDays.csv", progress=False)
     # The detector ran beside a --speed max replay and processed every event, none of them
     # dead-lettered as late (it waits for each caught-up partition's own next record).
+    assert re.search(r"end of stream: \S+\.end exists", proc.stderr), proc.stderr[-4000:]
+    assert "read the topic to its end offsets" in proc.stderr, proc.stderr[-4000:]
     summary = proc.stderr[proc.stderr.index("detector summary"):]
     assert _figure(summary, r"events processed\s+([\d,]+)") == (len(truth),), summary
     assert re.search(r"late events 0 ", summary), summary

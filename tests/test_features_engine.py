@@ -12,11 +12,17 @@ import pandas as pd
 import pytest
 from featuretools.primitives import Median
 
+from cyberstream.features import (
+    CompiledEngine,
+    feature_matrix,
+    feature_names,
+    features_equal,
+    load_feature_defs,
+)
+from cyberstream.features.entityset import build_entityset
+from cyberstream.features.oracle import calculate_with_featuretools
 from cyberstream.schema import EVENT_FIELDS, Event
-from detector.features import CompiledEngine, feature_matrix, feature_names, features_equal, load_feature_defs
-from detector.features.oracle import calculate_with_featuretools
 from tests.test_features_parity import random_stream
-from training.entityset import build_entityset
 
 
 def events_frame(rows: list[tuple]) -> pd.DataFrame:
@@ -86,18 +92,42 @@ def test_streaming_like_the_detector_equals_the_batch_path(tmp_path):
 
 def test_pools_that_start_tiny_grow_and_compact_without_changing_a_value(tmp_path, monkeypatch):
     """Every growth path (slots, lanes, pair lists, store compaction) taken many times."""
-    from detector.features import compiled
+    from cyberstream.features import compiled
 
     events = random_stream(23, n_events=700, n_sessions=40)
     defs = dfs_defs(events, tmp_path)
     asked, want = stream_like_the_detector(CompiledEngine(defs, 30), events)
     monkeypatch.setattr(compiled, "INITIAL_SLOTS", 2)
     monkeypatch.setattr(compiled, "INITIAL_POOL", 8)
+    # Watch every store compaction: the window's events move to the front intact, the evicted
+    # ones are gone, and logical indexes (physical + BASE) stay valid.
+    compactions = []
+    real_compact = compiled.CompiledEngine._compact
+
+    def watched_compact(self, force: bool = False) -> None:
+        meta, S = self._meta, self.S
+        base, evict, size = (int(meta[i]) for i in (compiled.k.BASE, compiled.k.EVICT, compiled.k.SIZE))
+        before = {name: getattr(S, name)[evict - base : size - base].copy() for name in ("secs", "pair", "conn", "dead")}
+        real_compact(self, force)
+        if int(meta[compiled.k.BASE]) == base:
+            return  # not due
+        live = size - evict
+        assert int(meta[compiled.k.BASE]) == evict and int(meta[compiled.k.SIZE]) == size
+        for name, values in before.items():
+            np.testing.assert_array_equal(getattr(S, name)[:live], values, err_msg=name)
+        secs = S.secs[:live]
+        assert np.all(np.diff(secs) >= 0) and (live == 0 or secs[0] > meta[compiled.k.LIVE] - self.window_secs)
+        assert not S.dead[:live].any() and live == int(self.C.n.sum())  # no cap: every live event counts
+        compactions.append((evict - base, live))
+
+    monkeypatch.setattr(compiled.CompiledEngine, "_compact", watched_compact)
     engine = CompiledEngine(defs, 30)
     asked_tiny, got = stream_like_the_detector(engine, events)
     assert asked_tiny == asked and len(asked) > 300
     assert len(engine._lanes["P"][0]) > 8 and len(engine._lanes["C"][0]) > 8 and len(engine._lists[0]) > 8
     assert engine.P.capacity > 2 and engine.S.capacity > 2
+    assert len(compactions) >= 5, compactions
+    assert sum(dead for dead, _ in compactions) > len(events) // 2, "most events were compacted away"
     for name in feature_names(defs):
         for x, y in zip(got[name].astype(object), want[name].astype(object), strict=True):
             assert features_equal(x, y, rel_tol=0, abs_tol=0), name

@@ -20,10 +20,10 @@ import pandas as pd
 import pytest
 
 from cyberstream.connections import connection_fields
+from cyberstream.features import CompiledEngine, feature_matrix, features_equal
+from cyberstream.features.entityset import build_entityset, target_dataframe
+from cyberstream.features.oracle import calculate_with_featuretools
 from cyberstream.schema import EVENT_FIELDS
-from detector.features import CompiledEngine, feature_matrix, features_equal
-from detector.features.oracle import calculate_with_featuretools
-from training.entityset import build_entityset, target_dataframe
 
 NAMES = [f"U{i}@DOM1" for i in range(10)] + [f"C{i}$@DOM1" for i in range(5)] + ["ANONYMOUS LOGON@C586", "?"]
 HOSTS = [f"C{i}" for i in range(7)] + ["?"]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +15,13 @@ from cyberstream.cli import main as cli_main
 from cyberstream.schema import HEADER, parse_row
 from producer.generator import (
     BENIGN_SHARES,
+    BURST_KINDS,
     DAY,
     FIRST_ATTACKER_HOST,
+    HARD_EARLY_STYLES,
     MACHINE_HOURS,
     MACHINE_WEEKEND_FACTOR,
+    STEALTHY_NEW_DESTS_PER_HOUR,
     USER_HOURS,
     USER_WEEKEND_FACTOR,
     GeneratorConfig,
@@ -26,15 +31,20 @@ from producer.generator import (
 CFG = GeneratorConfig(days=10, events_per_day=10_000, seed=11, campaigns=3, campaign_intensity=110)
 
 
-@pytest.fixture(scope="module")
-def generated(tmp_path_factory):
-    path = tmp_path_factory.mktemp("gen") / "ten_days.csv"
-    summary = generate(CFG, path)
+def _read(path: Path) -> pd.DataFrame:
+    """The generated CSV as strings, with ``secs`` as integers and its ``day`` and ``hour``."""
     df = pd.read_csv(path, keep_default_na=False, dtype=str)
     df["secs"] = df["secs"].astype(np.int64)
     df["day"] = df["secs"] // DAY
     df["hour"] = df["secs"] % DAY // 3600
-    return path, summary, df
+    return df
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    path = tmp_path_factory.mktemp("gen") / "ten_days.csv"
+    summary = generate(CFG, path)
+    return path, summary, _read(path)
 
 
 def _small(tmp_path: Path, name: str, seed: int) -> bytes:
@@ -43,6 +53,17 @@ def _small(tmp_path: Path, name: str, seed: int) -> bytes:
         GeneratorConfig(days=3, events_per_day=3000, seed=seed, campaigns=2, campaign_intensity=40), path
     )
     return path.read_bytes()
+
+
+#: sha256 of ``_small(tmp_path, ..., seed=5)`` as main's generator wrote it before the hard
+#: scenario was added (commit 6eccf5f). The default scenario's bytes must not move: trained
+#: models, benchmarks and reports refer to the default files. Change it only on purpose, and
+#: say in the commit what changed in the default file.
+DEFAULT_SMALL_SHA256 = "6292acabf005f38a41287390247498ff6644f7ce3805c74741c88a0917c064bd"
+
+
+def test_the_default_scenario_writes_the_same_bytes_as_before_the_hard_scenario(tmp_path):
+    assert hashlib.sha256(_small(tmp_path, "d.csv", 5)).hexdigest() == DEFAULT_SMALL_SHA256
 
 
 def test_same_seed_gives_the_same_bytes_and_another_seed_differs(tmp_path):
@@ -254,7 +275,8 @@ def test_more_campaigns_and_intensity_give_more_malicious_rows(tmp_path):
 @pytest.mark.parametrize(
     "kwargs, message",
     [({"days": 0}, "days"), ({"events_per_day": 10}, "events per day"), ({"campaigns": -1}, "campaigns"),
-     ({"campaign_intensity": 0}, "intensity"), ({"seed": -1}, "seed")],
+     ({"campaign_intensity": 0}, "intensity"), ({"seed": -1}, "seed"), ({"scenario": "easy"}, "scenario"),
+     ({"scenario": "hard", "days": 4}, "at least 5 days")],
 )  # fmt: skip
 def test_bad_settings_are_rejected_with_a_reason(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -272,3 +294,163 @@ def test_generate_command_writes_the_file_and_prints_a_summary(tmp_path, capsys)
     assert f"rows            {len(lines) - 1:,}" in printed
     assert "malicious rows" in printed and "connections" in printed and "attacker C17693" in printed
     assert cli_main(["generate", "--days", "0", "--out", str(out), "--no-progress"]) == 2
+
+
+# --------------------------------------------------------------------------------------
+# The hard scenario
+# --------------------------------------------------------------------------------------
+HARD = GeneratorConfig(days=10, events_per_day=10_000, seed=11, campaigns=3, scenario="hard")
+JUDGED = (HARD.days - 2) * DAY  # the last two days start here
+
+
+@pytest.fixture(scope="module")
+def hard(tmp_path_factory):
+    path = tmp_path_factory.mktemp("hard") / "hard.csv"
+    summary = generate(HARD, path)
+    df = _read(path)
+    df["edge"] = df.src_name + "|" + df.src_host + "|" + df.dest_host
+    df["first_edge"] = ~df.edge.duplicated()
+    return path, summary, df
+
+
+def _campaign(summary, style):
+    (c,) = [c for c in summary.campaigns if c.style == style]
+    return c
+
+
+def _malicious_of(df, c):
+    return df[(df.label == "A") & df.src_name.isin(c.users) & (df.src_host == c.attacker_host)]
+
+
+def test_hard_file_is_valid_sorted_and_a_is_only_on_campaign_logons(hard):
+    path, summary, df = hard
+    with open(path, newline="") as fh:
+        reader = csv.reader(fh)
+        assert ",".join(next(reader)) == HEADER
+        labels = [parse_row(fields, i)[1] for i, fields in enumerate(reader)]
+    assert sum(labels) == summary.malicious_rows == sum(c.malicious_rows for c in summary.campaigns)
+    assert (np.diff(df.secs.to_numpy()) >= 0).all() and df.secs.max() < HARD.days * DAY
+    assert sum(len(_malicious_of(df, c)) for c in summary.campaigns) == (df.label == "A").sum()
+    mal = df[df.label == "A"]
+    assert (
+        set(mal.stage) == {"LogOn"}
+        and set(mal.result) == {"Success"}
+        and (mal.src_name == mal.dest_name).all()
+    )
+
+
+def test_hard_has_small_campaigns_before_the_last_two_days_and_a_larger_stealthy_one_in_them(hard):
+    _, summary, df = hard
+    styles = [c.style for c in summary.campaigns]
+    assert styles == [*HARD_EARLY_STYLES, "stealthy"]
+    assert summary.campaigns[0].attacker_host == f"C{FIRST_ATTACKER_HOST}"
+    late = _campaign(summary, "stealthy")
+    for c in summary.campaigns:
+        rows = _malicious_of(df, c)
+        assert len(rows) == c.malicious_rows
+        assert rows.secs.min() == c.first_malicious_secs
+        assert set(rows.src_name) == set(c.users) and len(c.users) >= 3
+        if c is late:
+            assert rows.secs.min() >= JUDGED
+        else:
+            assert rows.secs.max() < JUDGED and rows.secs.min() >= DAY
+            assert 2 * c.malicious_rows < late.malicious_rows
+    # the summary names the styles
+    text = "\n".join(summary.lines())
+    assert all(f"{c.style}: attacker {c.attacker_host}" in text for c in summary.campaigns)
+
+
+def test_stealthy_campaign_is_kerberos_from_a_shared_workstation_reusing_edges_with_few_new_destinations(
+    hard,
+):
+    _, summary, df = hard
+    c = _campaign(summary, "stealthy")
+    rows = _malicious_of(df, c)
+    assert (rows.auth_type == "Kerberos").mean() > 0.8
+    # few destinations new to the campaign in any clock hour
+    firsts = rows.drop_duplicates("dest_host")
+    assert (firsts.secs // 3600).value_counts().max() <= STEALTHY_NEW_DESTS_PER_HOUR
+    assert rows.dest_host.nunique() >= 10
+    # the attacker host is a workstation the accounts used, clean, before the campaign
+    before = df[(df.secs < c.first_malicious_secs) & (df.label == "N")]
+    used_it = before[before.src_host == c.attacker_host].src_name
+    assert set(c.users) <= set(used_it)
+    # more than half go to destinations the account reached before; most reuse an edge already seen
+    seen_user_dest = set(before.src_name + "|" + before.dest_host)
+    assert (rows.src_name + "|" + rows.dest_host).isin(seen_user_dest).mean() > 0.5
+    assert (~rows.first_edge).mean() > 0.6
+    # no failed credential checks: failures from the host stay at the benign rate (about 1 %)
+    during = df[(df.src_host == c.attacker_host) & (df.secs >= c.first_malicious_secs)]
+    assert len(during) > c.malicious_rows and (during.result == "Fail").mean() < 0.03
+    # the accounts keep their clean traffic from their own workstations
+    clean_elsewhere = df[df.src_name.isin(c.users) & (df.label == "N") & (df.src_host != c.attacker_host)]
+    assert clean_elsewhere.groupby("src_name").day.nunique().min() >= 2
+
+
+def test_slow_campaign_spreads_over_days_at_a_low_rate(hard):
+    _, summary, df = hard
+    c = _campaign(summary, "slow")
+    rows = _malicious_of(df, c)
+    assert rows.day.nunique() >= 2 and rows.secs.max() - rows.secs.min() >= DAY
+    assert (rows.secs // 3600).value_counts().max() <= 2
+    assert rows.groupby("day").size().max() <= 20
+    assert set(rows.login_type) == {"Network"} and 0.3 < (rows.auth_type == "NTLM").mean() < 0.9
+
+
+def test_benign_bursts_make_many_first_time_edges_labelled_n_before_and_in_the_last_two_days(hard):
+    _, summary, df = hard
+    bursts = summary.benign_bursts
+    assert sorted(b.kind for b in bursts) == sorted(BURST_KINDS * 2)
+    for kind in BURST_KINDS:
+        days = sorted(b.day for b in bursts if b.kind == kind)
+        assert days[0] < HARD.days - 2 <= days[1], kind
+    minimum_new_edges = {"new_employee": 12, "new_server": 30, "admin_sweep": 30, "new_workstation": 8}
+    for b in bursts:
+        mine = df[df.src_host.isin(b.hosts) | df.dest_host.isin(b.hosts)]
+        if b.kind == "new_employee":  # a new account too
+            mine = df[df.src_host.isin(b.hosts) | df.src_name.isin(b.users)]
+        assert b.rows >= len(mine) > 0, b  # (logoffs at other hosts are rows of the burst too)
+        assert (mine.label == "N").all()
+        assert mine.secs.min() >= b.day * DAY - 1800  # new hosts (and account): nothing of them before
+        that_day = mine[mine.day == b.day]
+        assert that_day.first_edge.sum() >= minimum_new_edges[b.kind], b
+        assert set(b.users) <= set(that_day.src_name)
+
+
+def test_novelty_alone_is_no_answer_in_the_hard_scenario(hard):
+    """The unseen (user, source, destination) rule on the last two days: it misses most of
+    the stealthy campaign's logons, and the benign bursts add to its false alerts."""
+    _, summary, df = hard
+    judged = df[df.secs >= JUDGED]
+    mal = judged[judged.label == "A"]
+    assert mal.first_edge.mean() < 0.5
+    burst_hosts = {h for b in summary.benign_bursts if b.day >= HARD.days - 2 for h in b.hosts}
+    clean_alerts = judged[judged.first_edge & (judged.label == "N")]
+    from_bursts = clean_alerts.src_host.isin(burst_hosts) | clean_alerts.dest_host.isin(burst_hosts)
+    assert from_bursts.sum() > 0.1 * len(clean_alerts)
+
+
+def test_hard_scenario_is_deterministic_and_differs_from_the_default(tmp_path):
+    cfg = dict(days=5, events_per_day=2000, seed=3, campaign_intensity=40)
+    a, b, d = tmp_path / "a.csv", tmp_path / "b.csv", tmp_path / "d.csv"
+    generate(GeneratorConfig(**cfg, scenario="hard"), a)
+    generate(GeneratorConfig(**cfg, scenario="hard"), b)
+    generate(GeneratorConfig(**cfg), d)
+    assert a.read_bytes() == b.read_bytes() != d.read_bytes()
+
+
+def test_generate_command_takes_a_scenario_and_writes_the_truth(tmp_path, capsys):
+    out, truth = tmp_path / "hard.csv", tmp_path / "truth" / "t.json"
+    code = cli_main(["generate", "--scenario", "hard", "--days", "5", "--events-per-day", "2000",
+                     "--out", str(out), "--truth", str(truth), "--no-progress"])  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "scenario hard" in printed and "stealthy: attacker" in printed and "admin_sweep on day" in printed
+    t = json.loads(truth.read_text())
+    assert [c["style"] for c in t["campaigns"]] == [*HARD_EARLY_STYLES, "stealthy"]
+    assert {b["kind"] for b in t["benign_bursts"]} == set(BURST_KINDS)
+    malicious = sum(line.endswith(",A") for line in out.read_text().splitlines())
+    assert malicious == sum(c["malicious_rows"] for c in t["campaigns"])
+    assert (
+        cli_main(["generate", "--scenario", "hard", "--days", "4", "--out", str(out), "--no-progress"]) == 2
+    )

@@ -6,7 +6,8 @@ effect end to end: the detector scores exactly the batch definition's cutoffs.)
 
 from __future__ import annotations
 
-from detector.stream import ConnState, IdleConnections
+from detector.connection_state import ConnState
+from detector.idle import IdleConnections
 
 
 def _state(partition: int, n_seen: int) -> ConnState:

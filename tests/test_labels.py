@@ -8,7 +8,7 @@ import composeml as cp
 import pandas as pd
 import pytest
 
-from training.entityset import to_time
+from cyberstream.features.entityset import to_time
 from training.labels import CutoffLabel, LabelSpec, is_cutoff, label_cutoffs, label_times, resolve_label
 
 SPEC = LabelSpec()  # N=2, L=2, W=10

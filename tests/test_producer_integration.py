@@ -155,15 +155,16 @@ class _Future:
 
 
 class FakeProducer:
-    """Records what would be sent; ``fail_topic`` messages are reported as lost."""
+    """Records what would be sent, and when by ``clock``; ``fail_topic`` messages are reported as lost."""
 
-    def __init__(self, fail_topic: str | None = None):
+    def __init__(self, fail_topic: str | None = None, clock=time.monotonic):
         self.sent: list[tuple[str, bytes | None, bytes, int | None, int | None, float]] = []
         self.fail_topic = fail_topic
         self.flushed = False
+        self.clock = clock
 
     def send(self, topic, key=None, value=None, partition=None, timestamp_ms=None):
-        self.sent.append((topic, key, value, partition, timestamp_ms, time.monotonic()))
+        self.sent.append((topic, key, value, partition, timestamp_ms, self.clock()))
         return _Future(topic == self.fail_topic)
 
     def flush(self):
@@ -230,13 +231,31 @@ def test_speed_paces_event_time_against_wall_time(tmp_path, no_admin):
     path = tmp_path / "paced.csv"
     rows = [f"{s},U1@DOM1,U1@DOM1,C1,C2,?,?,TGS,Success,N" for s in (100, 100, 700, 1300, 1900)]
     path.write_text(HEADER + "\n" + "\n".join(rows) + "\n")
-    producer = FakeProducer()
+
+    class Clock:
+        """Simulated wall time: it moves only when the replay sleeps, so pacing is exact."""
+
+        def __init__(self):
+            self.now, self.sleeps = 1000.0, []
+
+        def __call__(self) -> float:
+            return self.now
+
+        def sleep(self, secs: float) -> None:
+            self.sleeps.append(secs)
+            self.now += secs
+
+    clock = Clock()
+    producer = FakeProducer(clock=clock)
+    # 1800 s of event time at 1200x: each event leaves at its event time / 1200 after the first.
+    Replayer(_settings(path, speed=1200.0), producer, clock=clock, sleep=clock.sleep).run()
+    sent_at = [t - 1000.0 for topic, *_, t in producer.sent if topic == "ev"]
+    assert sent_at == pytest.approx([0.0, 0.0, 0.5, 1.0, 1.5], abs=1e-9)
+    assert clock.sleeps == pytest.approx([0.5, 0.5, 0.5], abs=1e-9)
+    # With the real clock the replay sleeps as long (a lower bound: sleeping never ends early).
     t0 = time.monotonic()
-    Replayer(_settings(path, speed=1200.0), producer).run()  # 1800 s of event time at 1200x: 1.5 s
-    elapsed = time.monotonic() - t0
-    assert 1.4 <= elapsed < 3.0
-    sent_at = [t for topic, *_, t in producer.sent if topic == "ev"]
-    assert sent_at[3] - sent_at[0] == pytest.approx(1.0, abs=0.15)
+    Replayer(_settings(path, speed=1200.0), FakeProducer()).run()
+    assert time.monotonic() - t0 >= 1.5
 
 
 def test_lost_messages_make_the_summary_fail_and_the_command_exit_non_zero(
@@ -390,3 +409,62 @@ def test_replay_of_an_unsorted_file_slice_with_label_delay(kafka_bootstrap, tmp_
     for rec in labels:
         label = decode_label(rec.value)
         assert rec.timestamp == (BASE + label.secs + 120) * 1000
+
+
+# --------------------------------------------------------------------------------------
+# Failure paths
+# --------------------------------------------------------------------------------------
+class _RefusingProducer(FakeProducer):
+    """A producer whose sends fail at once, as kafka-python's do when no broker answers."""
+
+    def send(self, topic, key=None, value=None, partition=None, timestamp_ms=None):
+        from kafka.errors import KafkaTimeoutError
+
+        self.sent.append((topic, key, value, partition, timestamp_ms, self.clock()))
+        raise KafkaTimeoutError("Failed to update metadata after 60.0 secs.")
+
+
+def test_repeated_failed_sends_give_up_with_exit_3(tmp_path, no_admin, monkeypatch, capsys):
+    from producer.replay import MAX_CONSECUTIVE_SEND_ERRORS
+
+    path = _generated(tmp_path, days=1, events_per_day=500)
+    producer = _RefusingProducer()
+    monkeypatch.setattr(kafka_io, "make_producer", lambda bootstrap, **kw: producer)
+    code = cli_main(["produce", "--data", str(path), "--bootstrap-servers", "unused:9092", "--no-progress"])
+    assert code == 3
+    err = capsys.readouterr().err
+    assert (f"cyberstream produce: broker unreachable at unused:9092: {MAX_CONSECUTIVE_SEND_ERRORS} sends in a row "
+            "failed, last: KafkaTimeoutError") in err, err  # fmt: skip
+    assert len(producer.sent) == MAX_CONSECUTIVE_SEND_ERRORS and producer.flushed, "it stops at the limit"
+
+
+def test_ctrl_c_flushes_what_was_sent_and_exits_130(tmp_path, no_admin, monkeypatch, capsys):
+    path = _generated(tmp_path, days=1, events_per_day=500)
+
+    class Interrupted(FakeProducer):
+        def send(self, topic, *args, **kw):
+            if len(self.sent) == 100:
+                raise KeyboardInterrupt
+            return super().send(topic, *args, **kw)
+
+    producer = Interrupted()
+    monkeypatch.setattr(kafka_io, "make_producer", lambda bootstrap, **kw: producer)
+    code = cli_main(["produce", "--data", str(path), "--bootstrap-servers", "unused:9092", "--no-progress"])
+    assert code == 130
+    out = capsys.readouterr().out
+    assert producer.flushed and len(producer.sent) == 100
+    assert f"events sent     {len(producer.on('auth-events')):,}" in out, out
+
+
+@pytest.mark.integration
+def test_topics_with_different_partition_counts_are_refused_with_exit_2(kafka_bootstrap, tmp_path, capsys):
+    t = _topics()
+    kafka_io.ensure_topics(kafka_bootstrap, {t["events"]: 2, t["labels"]: 3})
+    path = _generated(tmp_path, days=1, events_per_day=200)
+    code = cli_main(["produce", "--data", str(path), "--bootstrap-servers", kafka_bootstrap, "--events-topic",
+                     t["events"], "--labels-topic", t["labels"], "--dlq-topic", t["dlq"], "--no-progress"])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert (f"topics {t['events']!r} (2 partitions) and {t['labels']!r} (3) must have the same partition count"
+            in err), err  # fmt: skip
+    assert _read_all(kafka_bootstrap, t["events"], 0) == [], "nothing was sent"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -14,11 +15,11 @@ import pytest
 from woodwork.logical_types import Boolean, Categorical
 
 from cyberstream.cli import main as cli_main
+from cyberstream.features.entityset import build_entityset, log_frame, to_time
 from cyberstream.schema import HEADER
 from training import cutoffs as cut
 from training import dfs, model
 from training.data import read_events
-from training.entityset import build_entityset, log_frame, to_time
 from training.labels import label_times
 
 DAY = 86_400
@@ -239,12 +240,36 @@ def test_threshold_and_metrics_by_hand():
 
 
 @pytest.fixture(scope="module")
-def trained_dir(data_csv, tmp_path_factory) -> Path:
+def trained_run(data_csv, tmp_path_factory) -> dict:
+    """`train` on the synthetic data, watching (not replacing) what it scores and saves: the
+    pipeline it saves, and that pipeline's scores on the validation rows, as training computed them."""
     out = tmp_path_factory.mktemp("models") / "m"
-    rc = cli_main(["train", "--data", str(data_csv), "--out", str(out), "--no-progress", "--negatives-per-positive", "5",
-                   "--window-secs", "21600"])  # fmt: skip
-    assert rc == 0
-    return out
+    scored, saved = [], []
+    real_scores, real_save = model.scores, model.save_model
+
+    def watched_scores(pipeline, X):
+        s = real_scores(pipeline, X)
+        scored.append((pipeline, X.copy(), s.copy()))
+        return s
+
+    def watched_save(out_dir, pipeline, *rest, **kw):
+        saved.append(pipeline)
+        return real_save(out_dir, pipeline, *rest, **kw)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(model, "scores", watched_scores)
+        mp.setattr(model, "save_model", watched_save)
+        rc = cli_main(["train", "--data", str(data_csv), "--out", str(out), "--no-progress",
+                       "--negatives-per-positive", "5", "--window-secs", "21600"])  # fmt: skip
+    assert rc == 0 and len(saved) == 1
+    # The saved pipeline's first scoring is its validation (the candidates' loop, before any comparison).
+    X, s = next((X, s) for pipe, X, s in scored if pipe is saved[0])
+    return {"out": out, "valid_X": X, "valid_scores": s}
+
+
+@pytest.fixture(scope="module")
+def trained_dir(trained_run) -> Path:
+    return trained_run["out"]
 
 
 def test_train_end_to_end_writes_a_complete_model_directory(trained_dir, events):
@@ -254,6 +279,9 @@ def test_train_end_to_end_writes_a_complete_model_directory(trained_dir, events)
     for block in ("validation", "baseline"):
         assert set(meta[block]) >= {"roc_auc", "pr_auc", "precision", "recall", "alerts_per_day", "threshold"}
         assert 0.0 <= meta[block]["roc_auc"] <= 1.0
+    # Seeded training on the same validation cutoffs: the model ranks them better than the baseline.
+    assert meta["validation"]["roc_auc"] > meta["baseline"]["roc_auc"], (meta["validation"], meta["baseline"])
+    assert meta["validation"]["pr_auc"] > meta["baseline"]["pr_auc"], (meta["validation"], meta["baseline"])
     assert meta["model_file"] == "model.joblib" and len(meta["sha256"]) == 64
     assert meta["label_spec"] == {"min_events": 2, "lead": 2, "window": 10}
     assert meta["window_secs"] == 21600 and meta["connection_kind"] == "session"
@@ -308,8 +336,13 @@ def test_importances_are_summed_per_saved_feature():
                                         "MODE(name_host_pairs.MODE(log.auth_type))": -0.0625}  # fmt: skip
 
 
-def test_artifact_round_trip_scores_the_same(trained_dir, events):
+def test_artifact_round_trip_scores_the_same(trained_run, trained_dir, events):
     loaded = model.load_model(trained_dir)
+    # The artifact scores the validation rows exactly as the fitted pipeline did during training.
+    X, fitted = trained_run["valid_X"], trained_run["valid_scores"]
+    assert len(fitted) > 30 and 0 < int((fitted >= loaded.threshold).sum()) < len(fitted)
+    np.testing.assert_allclose(loaded.score(X), fitted, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(loaded.score(X.iloc[:, ::-1]), fitted, rtol=1e-12, atol=0)
     lt = label_times(events).head(30)
     fm = dfs.oracle_feature_matrix(events, lt, loaded.features, loaded.metadata["window_secs"], progress=False)
     again = model.load_model(trained_dir)
@@ -407,3 +440,45 @@ def test_train_reports_unusable_input(tmp_path, capsys):
     late.write_text(HEADER + "\n" + "\n".join(rows) + "\n")
     assert cli_main(["train", "--data", str(late), "--out", str(tmp_path / "m"), "--no-progress"]) == 1
     assert "no positive cutoff is labelled by secs" in capsys.readouterr().err
+
+
+def test_train_refuses_a_validation_period_without_a_positive(tmp_path, capsys):
+    early = tmp_path / "early.csv"  # red team on days 1 and 2 only: the validation period (after 3.5 days) is clean
+    rows = [r if int(r.split(",")[0]) < 3 * DAY else r.replace(",A", ",N") for r in synthetic_rows()]
+    early.write_text(HEADER + "\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "m"
+    assert cli_main(["train", "--data", str(early), "--out", str(out), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert re.search(r"no positive cutoff in the validation period \(cutoffs after secs \d+; [1-9]\d* positive "
+                     r"before it\): the model and its alert threshold cannot be chosen on negatives alone", err), err
+    assert "move --train-until-secs earlier" in err
+    assert not (out / "metadata.json").exists(), "no model is saved"
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--max-bad-rows", "-2"], "--max-bad-rows must be -1 (no limit) or a count of rows"),
+    (["--negatives-per-positive", "0"], "--negatives-per-positive must be positive"),
+    (["--valid-negatives", "-1"], "--valid-negatives must be 0 or more"),
+    (["--max-cutoffs", "0"], "--max-cutoffs must be at least 1"),
+    (["--window-secs", "0"], "--window-secs must be positive"),
+    (["--train-until-secs", str(9 * DAY)], f"--train-until-secs {9 * DAY} is outside the data's time span ("),
+    (["--train-until-secs", "0"], "--train-until-secs 0 is outside the data's time span ("),
+    (["--classifiers", "svm"], "unknown classifier(s) ['svm']"),
+    (["--lead", "-1"], "min_events (N) and lead (L) must be >= 0, got N=2 L=-1"),
+])  # fmt: skip
+def test_train_rejects_bad_arguments_with_exit_2(data_csv, tmp_path, capsys, extra, message):
+    out = tmp_path / "m"
+    assert cli_main(["train", "--data", str(data_csv), "--out", str(out), "--no-progress", *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cyberstream train: ") and message in err, err
+    assert not out.exists()
+
+
+def test_max_bad_rows_fails_training_beyond_the_limit_only(tmp_path, capsys):
+    bad = tmp_path / "bad.csv"
+    rows = synthetic_rows()
+    rows[10:10] = ["12,broken", "13,U1@DOM1,U1@DOM1,,C2,NTLM,Network,LogOn,Success,N"]
+    bad.write_text(HEADER + "\n" + "\n".join(rows) + "\n")
+    assert cli_main(["train", "--data", str(bad), "--out", str(tmp_path / "m"), "--no-progress",
+                     "--max-bad-rows", "1"]) == 1  # fmt: skip
+    assert "2 rows rejected (more than --max-bad-rows 1)" in capsys.readouterr().err

@@ -27,7 +27,7 @@ Definitions
 
 Feature matrix
     :func:`feature_matrix` is the ONE place training computes features. It uses the
-    detector's compiled engine (``detector.features.feature_matrix``), or, with
+    detector's compiled engine (``cyberstream.features.feature_matrix``), or, with
     ``engine="oracle"``, featuretools itself: the definition, on the EntitySet of the
     events seen so far (``secs <= t``), never one EntitySet of all events (its last-time
     indexes would come from the future).
@@ -48,8 +48,7 @@ from tqdm import tqdm
 
 from cyberstream.config import DEFAULT_BASE_EPOCH
 from cyberstream.connections import DEFAULT_CONNECTION
-from cyberstream.schema import ATTRIBUTE_FIELDS, IDENTITY_FIELDS
-from training.entityset import (
+from cyberstream.features.entityset import (
     PAIR_INDEX,
     TIME,
     build_entityset,
@@ -58,6 +57,7 @@ from training.entityset import (
     target_index,
     to_time,
 )
+from cyberstream.schema import ATTRIBUTE_FIELDS, IDENTITY_FIELDS
 
 MAX_DEPTH = 3
 DEFAULT_WINDOW_SECS = 86_400
@@ -206,6 +206,67 @@ def feature_definitions(
     return filter_features(run_dfs(events_sample, kind), kind, time_features)
 
 
+#: the parents whose distinct users / hosts DFS counts (the edges are counted through them)
+_HISTORY_NODES = ("users", "source_hosts", "destination_hosts")
+_HISTORY_NODE_KEYS = ("user", "source_host", "destination_host")
+
+
+def run_history_dfs(events_sample: pd.DataFrame, kind: str = DEFAULT_CONNECTION,
+                    recent_secs: int = DEFAULT_WINDOW_SECS) -> list[ft.Feature]:  # fmt: skip
+    """Every history feature DFS proposes for the cutoff's event (target ``log``) on the
+    history EntitySet: per parent COUNT, COUNT_RECENT and TIME_SINCE its first event; per
+    host and user the distinct users / hosts ever, recently and first seen recently."""
+    from cyberstream.features.primitives import CountRecent, NumFirstSeenRecent, NumUniqueRecent  # noqa: PLC0415
+
+    es = build_entityset(events_sample, kind, history=True)
+    columns = {"log": [*_HISTORY_NODE_KEYS, TIME]}
+    options = {p: {"include_dataframes": ["log"], "include_columns": columns}
+               for p in ("num_unique", "num_unique_recent", "num_first_seen_recent")}  # fmt: skip
+    options["count_recent"] = {"include_dataframes": ["log"], "include_columns": {"log": [TIME]}}
+    with _quiet_featuretools():
+        proposed = ft.dfs(
+            entityset=es,
+            target_dataframe_name="log",
+            max_depth=2,
+            agg_primitives=[ft.primitives.Count, ft.primitives.NumUnique, CountRecent(recent_secs),
+                            NumUniqueRecent(recent_secs), NumFirstSeenRecent(recent_secs)],
+            trans_primitives=[ft.primitives.TimeSince],
+            ignore_dataframes=[target_dataframe(kind)] if kind != "name_host_pair" else [],
+            primitive_options=options,
+            features_only=True,
+        )  # fmt: skip
+    return proposed
+
+
+def history_drop_reason(feature: ft.Feature) -> str | None:
+    """Why a proposed history feature is not kept (None: kept)."""
+    from cyberstream.features.history import HistoryUnsupported, compile_history  # noqa: PLC0415
+
+    if "label" in feature_columns(feature):
+        return "derived from the label"
+    try:
+        spec, _ = compile_history(feature)
+    except HistoryUnsupported as exc:
+        return f"not a history feature of the engine ({exc})"
+    if spec.edge and spec.parent not in _HISTORY_NODES:
+        return "distinct counts only on hosts and users"
+    return None
+
+
+def history_feature_definitions(
+    events_sample: pd.DataFrame, kind: str = DEFAULT_CONNECTION, recent_secs: int = DEFAULT_WINDOW_SECS
+) -> tuple[list[ft.Feature], dict[str, str]]:
+    """The history features to save (DFS on the history EntitySet, filtered) and the dropped ones."""
+    kept, dropped = [], {}
+    for f in run_history_dfs(events_sample, kind, recent_secs):
+        reason = history_drop_reason(f)
+        if reason is None:
+            kept.append(f)
+        else:
+            dropped[f.get_name()] = reason
+    return kept, dropped
+
+
 def save_features(features: list[ft.Feature], path: str | os.PathLike) -> None:
     ft.save_features(features, str(path))
 
@@ -221,8 +282,8 @@ def _engine_matrix(
     events: pd.DataFrame, cutoffs: pd.DataFrame, features: list[ft.Feature], window_secs: int, kind: str,
     engine: str, base_epoch: int, progress: bool,
 ) -> pd.DataFrame:
-    """``detector.features.feature_matrix`` (the one feature interface), aligned with ``cutoffs``."""
-    from detector.features import feature_matrix as engine_feature_matrix  # noqa: PLC0415
+    """``cyberstream.features.feature_matrix`` (the one feature interface), aligned with ``cutoffs``."""
+    from cyberstream.features import feature_matrix as engine_feature_matrix  # noqa: PLC0415
 
     order = events.sort_values(["secs", "log_id"], kind="stable")  # engines stream events in time order
     with _quiet_featuretools():
@@ -275,7 +336,7 @@ def oracle_feature_matrix(
     progress: bool = True,
 ) -> pd.DataFrame:
     """The definition: featuretools on the events so far, per cutoff time (the detector's
-    oracle engine, ``detector.features.oracle``)."""
+    oracle engine, ``cyberstream.features.oracle``)."""
     return _engine_matrix(events, cutoffs, features, window_secs, kind, "oracle", base_epoch, progress)
 
 

@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.joblib"
 FEATURES_FILE = "features.json"
+#: the history features (their own EntitySet, so their own featuretools file); absent without them
+HISTORY_FEATURES_FILE = "history_features.json"
 METADATA_FILE = "metadata.json"
 REPORT_FILE = "report.html"
 FORMAT_VERSION = 1
@@ -266,7 +268,59 @@ def choose_threshold(
     return float(thresholds[best]), how
 
 
-def evaluate(y: np.ndarray, score: np.ndarray, weight: np.ndarray, threshold: float, days: float) -> dict[str, Any]:
+#: false alerts per day at which the training report gives the recall (an analyst's budget)
+BUDGETS = (1, 5, 10, 20)
+
+
+def budget_threshold(y: np.ndarray, score: np.ndarray, weight: np.ndarray, days: float,
+                     false_alerts_per_day: float, groups: np.ndarray | None = None) -> float:  # fmt: skip
+    """The lowest threshold whose weighted false alerts per day stay within the budget.
+
+    Analysts work to a number of alerts a day, not to an F1 score: this alerts on as many
+    cutoffs as the budget of false ones allows (the most recall it can buy). ``groups``
+    (e.g. connection and cooldown period of each cutoff) counts the negatives of one group
+    as one false alert, at the group's highest score, as the detector's cooldown does.
+    With no negative above any score the lowest score is returned.
+    """
+    y = np.asarray(y, dtype=bool)
+    if groups is not None:
+        score, weight, y = _one_negative_per_group(y, score, weight, np.asarray(groups))
+    order = np.argsort(-score, kind="stable")
+    s, neg = score[order], np.where(y[order], 0.0, weight[order])
+    fp_per_day = np.cumsum(neg) / max(days, 1e-9)  # false alerts per day alerting on s[:i+1]
+    # thresholds are distinct scores: the false alerts of a threshold are those of its last tie
+    last_of_tie = np.r_[s[1:] != s[:-1], True]
+    ok = last_of_tie & (fp_per_day <= false_alerts_per_day)
+    if not ok.any():
+        return float(s[0]) + 1e-12 if len(s) else 1.0
+    return float(s[np.flatnonzero(ok)[-1]])
+
+
+def _one_negative_per_group(y: np.ndarray, score: np.ndarray, weight: np.ndarray,
+                            groups: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """Positives as they are, and of each group's negatives the one with the highest score."""
+    neg = np.flatnonzero(~y)
+    frame = pd.DataFrame({"g": groups[neg], "s": score[neg], "i": neg}).sort_values("s", ascending=False)
+    keep = np.sort(np.r_[np.flatnonzero(y), frame.drop_duplicates("g")["i"].to_numpy()]).astype(np.int64)
+    return score[keep], weight[keep], y[keep]
+
+
+def recall_at_budgets(y: np.ndarray, score: np.ndarray, weight: np.ndarray, days: float,
+                      budgets: tuple[float, ...] = BUDGETS, groups: np.ndarray | None = None,
+                      ) -> dict[str, float | None]:  # fmt: skip
+    """Recall of the positive cutoffs at each budget of false alerts per day (see :func:`budget_threshold`)."""
+    y = np.asarray(y, dtype=bool)
+    if not y.any():
+        return {str(b): None for b in budgets}
+    out = {}
+    for b in budgets:
+        thr = budget_threshold(y, score, weight, days, b, groups)
+        out[str(b)] = float(weight[y & (score >= thr)].sum() / weight[y].sum())
+    return out
+
+
+def evaluate(y: np.ndarray, score: np.ndarray, weight: np.ndarray, threshold: float, days: float,
+             groups: np.ndarray | None = None) -> dict[str, Any]:
     """ROC AUC, PR AUC (average precision), precision, recall, alerts per day at ``threshold``."""
     y = np.asarray(y, dtype=bool)
     alert = score >= threshold
@@ -284,6 +338,8 @@ def evaluate(y: np.ndarray, score: np.ndarray, weight: np.ndarray, threshold: fl
         "cutoffs": int(len(y)),
         "positives": int(y.sum()),
         "weighted_cutoffs": float(weight.sum()),
+        "false_alerts_per_day": fp / days if days > 0 else None,
+        "recall_at_false_alerts_per_day": recall_at_budgets(y, score, weight, days, groups=groups) if days > 0 else {},
     }
 
 
@@ -322,9 +378,20 @@ def save_model(
 
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
+    from cyberstream.features.history import is_history_feature  # noqa: PLC0415
+
     joblib.dump(pipeline, model_dir / MODEL_FILE)
-    save_features(features, model_dir / FEATURES_FILE)
+    window = [f for f in features if not is_history_feature(f)]
+    history = [f for f in features if is_history_feature(f)]
+    if [f.get_name() for f in features] != [f.get_name() for f in window + history]:
+        raise ValueError("save_model wants the window features first, then the history features")
+    save_features(window, model_dir / FEATURES_FILE)
+    (model_dir / HISTORY_FEATURES_FILE).unlink(missing_ok=True)
     meta = dict(metadata)
+    if history:
+        save_features(history, model_dir / HISTORY_FEATURES_FILE)
+        meta.update(history_features_file=HISTORY_FEATURES_FILE,
+                    history_features_sha256=sha256_file(model_dir / HISTORY_FEATURES_FILE))
     meta.update(
         format_version=FORMAT_VERSION,
         library_versions=library_versions(),
@@ -346,6 +413,16 @@ def _json_default(obj):
     if isinstance(obj, np.ndarray):
         return obj.tolist()
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _load_feature_files(model_dir: Path, meta: dict, load_features) -> list:
+    """The window features, then the history features (their own file), of a model directory."""
+    features = load_features(model_dir / meta["features_file"])
+    if "history_features_file" in meta:
+        import cyberstream.features.primitives  # noqa: F401, PLC0415  (registers the history primitives)
+
+        features = features + load_features(model_dir / meta["history_features_file"])
+    return features
 
 
 @dataclass
@@ -406,7 +483,10 @@ def load_model(model_dir: str | os.PathLike) -> TrainedModel:
             f"{meta_path}: artifact format {meta.get('format_version')!r}, this version reads {FORMAT_VERSION}; "
             "retrain with `cyberstream train`"
         )
-    for file_key, sum_key in (("model_file", "sha256"), ("features_file", "features_sha256")):
+    files = [("model_file", "sha256"), ("features_file", "features_sha256")]
+    if "history_features_file" in meta:
+        files.append(("history_features_file", "history_features_sha256"))
+    for file_key, sum_key in files:
         path = model_dir / meta[file_key]
         if not path.is_file():
             raise ModelLoadError(f"{path} is missing (named in {meta_path}); retrain with `cyberstream train`")
@@ -430,7 +510,11 @@ def load_model(model_dir: str | os.PathLike) -> TrainedModel:
     from training.dfs import load_features  # noqa: PLC0415
 
     pipeline = joblib.load(model_dir / meta["model_file"])
-    features = load_features(model_dir / meta["features_file"])
+    try:
+        features = _load_feature_files(model_dir, meta, load_features)
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"{model_dir}: its feature definitions do not load with this version ({exc}); "
+                             "retrain with `cyberstream train`") from None
     names = [f.get_name() for f in features]
     if names != meta["feature_names"]:
         raise ModelLoadError(f"{model_dir}: features.json and metadata.json list different features; retrain")

@@ -34,6 +34,8 @@ DEFAULT_MAX_CUTOFFS = {"compiled": None, "oracle": 10_000}
 DEFAULT_NEGATIVES_PER_POSITIVE = 20.0
 DEFAULT_VALID_NEGATIVES = 100_000  # all of them on the generator's ten days: exact validation figures
 DFS_SAMPLE_EVENTS = 2_000
+#: the history feature that says whether the cutoff's name-host pair was first seen in its second
+UNSEEN_EDGE_FEATURE = "name_host_pairs.TIME_SINCE(first_log_time)"
 IMPORTANCE_NEGATIVES = 3_000
 
 
@@ -75,15 +77,22 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--features", choices=("compiled", "oracle"), default="compiled",
                    help="feature engine: the detector's compiled engine (~3,000 cutoffs/s), or featuretools "
                         "itself on the events so far (the oracle, batched: exact, ~50 cutoffs/s; used anyway "
-                        "when detector.features is not installed) (default %(default)s)")
+                        "when cyberstream.features is not installed) (default %(default)s)")
     g.add_argument("--time-features", choices=("drop", "keep"), default="drop",
                    help="features over absolute time such as MAX(log.secs): drop (default) or keep; "
                         "the report shows the other choice too")
+    g.add_argument("--history-features", choices=("on", "off"), default="on",
+                   help="the history features of the cutoff's event (its user, hosts and edges over all time "
+                        "and the last window: new users on the source host, unseen edges ...): on (default) or "
+                        "off (the demo's window features only)")
     g.add_argument("--classifiers", default="hist_gradient_boosting,logistic_regression,random_forest",
                    help="comma-separated candidates; the best validation PR AUC wins (default %(default)s)")
+    g.add_argument("--alerts-per-day", type=float, default=config.DEFAULT_FALSE_ALERTS_PER_DAY,
+                   help="threshold: the lowest one that gives at most this many FALSE alerts per day on the "
+                        "validation period (an analyst's budget; default %(default)s). 0 or less: maximise F1")
     g.add_argument("--max-alerts-per-day", type=float, default=None,
-                   help="threshold: maximise F1 among thresholds with at most this many alerts per day "
-                        "(default: maximise F1)")
+                   help="with --alerts-per-day 0: maximise F1 among thresholds with at most this many alerts "
+                        "per day (default: no cap)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -101,18 +110,41 @@ def run(args: argparse.Namespace) -> int:
     if unknown or not classifiers:
         print(f"cyberstream train: unknown classifier(s) {unknown}; choose from {list(CLASSIFIERS)}", file=sys.stderr)
         return 2
-    if args.window_secs <= 0:
-        print("cyberstream train: --window-secs must be positive", file=sys.stderr)
+    problem = _argument_problem(args)
+    if problem:
+        print(f"cyberstream train: {problem}", file=sys.stderr)
         return 2
     try:
         return train(args, spec, classifiers)
+    except TrainingArgumentError as exc:
+        print(f"cyberstream train: {exc}", file=sys.stderr)
+        return 2
     except TrainingError as exc:
         print(f"cyberstream train: {exc}", file=sys.stderr)
         return 1
 
 
+def _argument_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the numeric arguments on their own (None when nothing is)."""
+    if args.window_secs <= 0:
+        return "--window-secs must be positive"
+    if args.max_bad_rows < -1:
+        return "--max-bad-rows must be -1 (no limit) or a count of rows"
+    if args.negatives_per_positive <= 0:
+        return "--negatives-per-positive must be positive"
+    if args.valid_negatives < 0:
+        return "--valid-negatives must be 0 or more"
+    if args.max_cutoffs is not None and args.max_cutoffs < 1:
+        return "--max-cutoffs must be at least 1"
+    return None
+
+
 class TrainingError(RuntimeError):
     """Training cannot go on; the message says why and what to change."""
+
+
+class TrainingArgumentError(TrainingError):
+    """An argument does not fit the data (exit 2, like any other bad argument)."""
 
 
 class _Steps:
@@ -176,7 +208,8 @@ def train(args: argparse.Namespace, spec, classifiers: list[str]) -> int:
     lo, hi = int(events["secs"].min()), int(events["secs"].max())
     train_until = args.train_until_secs if args.train_until_secs is not None else cut.default_train_until(events["secs"])
     if not lo < train_until < hi:
-        raise TrainingError(f"--train-until-secs {train_until} is outside the data's time span ({lo} .. {hi})")
+        raise TrainingArgumentError(f"--train-until-secs {train_until} is outside the data's time span "
+                                    f"({lo} .. {hi})")  # fmt: skip
     split_times = cut.split_by_time(lt, train_until)
     n_pos = {s: int(split_times.loc[split_times["split"] == s, "label"].sum()) for s in (cut.TRAIN, cut.VALID)}
     if not lt["label"].fillna(False).any():
@@ -193,7 +226,13 @@ def train(args: argparse.Namespace, spec, classifiers: list[str]) -> int:
             "malicious events earlier"
         )
     if n_pos[cut.VALID] == 0:
-        log.warning("no positive cutoff after secs %d: validation metrics will be missing", train_until)
+        # Without one, every candidate's PR AUC is undefined (the first would win by default) and
+        # the threshold would be chosen on negatives alone: refuse rather than save such a model.
+        raise TrainingError(
+            f"no positive cutoff in the validation period (cutoffs after secs {train_until}; "
+            f"{n_pos[cut.TRAIN]:,} positive before it): the model and its alert threshold cannot be chosen "
+            "on negatives alone; move --train-until-secs earlier or use data with malicious events later"
+        )
     engine = args.features
     max_cutoffs = args.max_cutoffs if args.max_cutoffs is not None else DEFAULT_MAX_CUTOFFS[engine]
     plan = cut.SamplingPlan(args.negatives_per_positive, args.valid_negatives, max_cutoffs, args.all_cutoffs,
@@ -209,6 +248,12 @@ def train(args: argparse.Namespace, spec, classifiers: list[str]) -> int:
     saved_features, dropped = dfs.filter_features(proposed, args.connection, args.time_features)
     other_features, _ = dfs.filter_features(proposed, args.connection, other_policy)
     all_features, _ = dfs.filter_features(proposed, args.connection, "keep")  # both of the above
+    if args.history_features == "on":
+        history, history_dropped = dfs.history_feature_definitions(events.head(DFS_SAMPLE_EVENTS), args.connection,
+                                                                   args.window_secs)  # fmt: skip
+        saved_features, other_features, all_features = (f + history for f in (saved_features, other_features,
+                                                                                all_features))  # fmt: skip
+        dropped.update(history_dropped)
     fm, engine_used = dfs.feature_matrix(events, sample, all_features, args.window_secs, args.connection, engine,
                                          base_epoch=args.base_epoch, progress=progress)
     steps.done("features", f"{len(all_features)} computed ({len(saved_features)} saved) for {len(sample):,} "
@@ -222,6 +267,10 @@ def train(args: argparse.Namespace, spec, classifiers: list[str]) -> int:
     yv, wv = y[~is_train], w[~is_train]
     valid_days = (hi - train_until) / model.SECONDS_PER_DAY
 
+    # The detector alerts a connection at most once per cooldown (an hour by default): false
+    # alerts are counted per connection and hour, as an analyst receives them.
+    alert_groups = (sample["connection_id"].astype(str) + "#" + (sample["cutoff_secs"] // config.DEFAULT_COOLDOWN_SECS).astype(str)).to_numpy()
+
     def columns(features):
         num = [f.get_name() for f in features if not dfs.is_categorical(f)]
         cat = [f.get_name() for f in features if dfs.is_categorical(f)]
@@ -232,8 +281,14 @@ def train(args: argparse.Namespace, spec, classifiers: list[str]) -> int:
         pipe = model.build_pipeline(name, num, cat, args.seed)
         pipe.fit(fm.loc[train_mask, num + cat], y[train_mask])
         s = model.scores(pipe, fm.loc[test_mask, num + cat])
-        thr, how = model.choose_threshold(y[test_mask], s, w[test_mask], days, args.max_alerts_per_day)
-        return pipe, s, model.evaluate(y[test_mask], s, w[test_mask], thr, days), how
+        g = alert_groups[test_mask]
+        if args.alerts_per_day > 0 and y[test_mask].any():
+            thr = model.budget_threshold(y[test_mask], s, w[test_mask], days, args.alerts_per_day, g)
+            how = (f"the lowest with at most {args.alerts_per_day:g} false alerts per day on validation "
+                   "(a connection's negatives within one cooldown hour count once)")
+        else:
+            thr, how = model.choose_threshold(y[test_mask], s, w[test_mask], days, args.max_alerts_per_day)
+        return pipe, s, model.evaluate(y[test_mask], s, w[test_mask], thr, days, g), how
 
     candidates, fitted = {}, {}
     for name in classifiers:
@@ -251,9 +306,20 @@ def train(args: argparse.Namespace, spec, classifiers: list[str]) -> int:
     base_name = dfs.baseline_feature(fm.columns)
     base = fm[base_name].fillna(0.0).to_numpy(dtype=float)
     b_thr, _ = model.choose_threshold(yv, base[~is_train], wv, valid_days, args.max_alerts_per_day)
-    baseline = {"score": base_name, **model.evaluate(yv, base[~is_train], wv, b_thr, valid_days)}
+    baseline = {"score": base_name, **model.evaluate(yv, base[~is_train], wv, b_thr, valid_days,
+                                                      alert_groups[~is_train])}
 
     comparisons = {}
+    if UNSEEN_EDGE_FEATURE in fm.columns:  # the one-line rule: alert when the event's edge is new this second
+        rule = (fm[UNSEEN_EDGE_FEATURE].to_numpy(dtype=float) == 0).astype(float)
+        comparisons["unseen-edge rule (name-host pair first seen at the cutoff)"] = model.evaluate(
+            yv, rule[~is_train], wv, 1.0, valid_days, alert_groups[~is_train])
+    if args.history_features == "on":
+        from cyberstream.features.history import is_history_feature
+
+        window_only = [f for f in saved_features if not is_history_feature(f)]
+        _, _, m, _ = fit_eval(best, window_only, is_train, ~is_train, valid_days)
+        comparisons[f"without history features ({len(window_only)} features)"] = m
     _, _, m, _ = fit_eval(best, other_features, is_train, ~is_train, valid_days)
     comparisons[f"time features: {other_policy} ({len(other_features)} features)"] = m
     rng = np.random.default_rng(args.seed)
@@ -406,5 +472,10 @@ def _print_summary(args, meta: dict, steps: _Steps) -> None:
                      f"{_f(m['recall']):>8} {_f(m['alerts_per_day']):>10}")  # fmt: skip
     for name, m in meta["comparisons"].items():
         lines.append(f"  {'':14}  {_f(m['roc_auc']):>8} {_f(m['pr_auc']):>8}   <- {name}")
+    lines.append("  recall of positive validation cutoffs at N false alerts per day:")
+    for name, m in (("validation", v), ("baseline", b), *meta["comparisons"].items()):
+        at = m.get("recall_at_false_alerts_per_day") or {}
+        if at and "shuffled" not in name:
+            lines.append(f"    {'  '.join(f'{k:>2}: {_f(r):>5}' for k, r in at.items())}   {name}")
     lines.append(f"  wall time       {steps.total:.1f} s, peak memory {_peak_memory_mb():.0f} MB")
     print("\n".join(lines))

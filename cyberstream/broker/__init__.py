@@ -92,6 +92,20 @@ def _not_zombie(pid: int) -> bool:
         return True
 
 
+def _is_broker(st: BrokerState) -> bool:
+    """Whether process ``st.pid`` is the broker ``st`` records (Kafka on this state's
+    server.properties), not another process that was given the pid after the broker ended."""
+    import psutil
+
+    try:
+        args = psutil.Process(st.pid).cmdline()
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:  # not ours to read, so not the broker we started either
+        return False
+    return "kafka.Kafka" in args and str(Path(st.run_dir) / "server.properties") in args
+
+
 def _server_properties(port: int, controller_port: int, log_dir: Path) -> str:
     # Single-node settings: the defaults (replication 3, min ISR 2, 50 offsets partitions,
     # 3 s rebalance delay) make consumer groups hang or crawl on one node.
@@ -147,6 +161,7 @@ class LocalBroker:
         ]  # fmt: skip
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
+            shutil.rmtree(tmp, ignore_errors=True)  # what it fetched before failing is not a set of jars
             raise BrokerError(
                 "Maven could not fetch Kafka's jars (is Maven Central reachable?):\n"
                 + (proc.stdout + proc.stderr)[-2000:]
@@ -167,7 +182,7 @@ class LocalBroker:
         except (ValueError, TypeError):
             self.state_path.unlink(missing_ok=True)
             return None
-        if not _alive(st.pid):
+        if not _alive(st.pid) or not _is_broker(st):
             self.state_path.unlink(missing_ok=True)
             return None
         return st
@@ -270,7 +285,11 @@ class LocalBroker:
         except (FileNotFoundError, ValueError, TypeError):
             return False
         stopped = False
-        if _alive(st.pid):
+        if _alive(st.pid) and not _is_broker(st):
+            # The broker is gone and its pid was reused: signalling that group could kill
+            # anything. Only the stale state is removed.
+            log.warning("pid %d is no longer the broker recorded in %s: not signalled", st.pid, self.state_path)
+        elif _alive(st.pid):
             _signal_group(st.pid, signal.SIGTERM)
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline and _alive(st.pid):

@@ -28,9 +28,9 @@ from featuretools.primitives import Count, Max, Mean, Min, Mode, NumUnique, Skew
 
 from cyberstream.connections import connection_fields
 from cyberstream.schema import ATTRIBUTE_FIELDS, IDENTITY_FIELDS
-from training.entityset import LOG, PAIR_INDEX, PAIRS, target_dataframe, target_index
 
 from .base import output_kind
+from .entityset import LOG, PAIR_INDEX, PAIRS, target_dataframe, target_index
 
 PRIMITIVES: dict[type, str] = {
     Count: "count",

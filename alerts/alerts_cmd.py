@@ -9,7 +9,7 @@ The time is the cutoff's event time, as day/hh:mm:ss since secs=0. --json prints
 alert objects instead, one per line, for piping (e.g. into jq).
 
 --summary --truth CSV: when the run ends (--idle-timeout seconds without a new alert,
---max-alerts messages read, or Ctrl-C), joins the alerts with the ground truth (the same
+--max-alerts messages read, --until-end, or Ctrl-C), joins the alerts with the ground truth (the same
 CyberFLTenDays CSV, parsed strictly) and prints alerts, connections alerted, true and
 false positives by connection and by cutoff, recall, precision, the median detection
 delay and alerts per day, and writes an HTML report with plots (--report).
@@ -55,6 +55,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                              f"(default: never; {DEFAULT_SUMMARY_IDLE_TIMEOUT:g} with --summary)")  # fmt: skip
     parser.add_argument("--max-alerts", type=int, default=None, metavar="N",
                         help="end the run after reading N alert messages")  # fmt: skip
+    parser.add_argument("--until-end", action="store_true",
+                        help="end the run once every alert on the topic when it starts is read (for a "
+                             "finished detector run: no waiting for a quiet spell)")  # fmt: skip
     group = parser.add_argument_group("summary")
     group.add_argument("--summary", action="store_true",
                        help="when the run ends, join the alerts with --truth, print the figures and write --report")  # fmt: skip
@@ -132,8 +135,9 @@ class _Stop:
         self.requested = True
 
 
-def _assign(consumer, topic: str, from_now: bool, stop: _Stop, idle_timeout: float | None) -> bool:
-    """Assign every partition of ``topic`` (waiting for it to exist); False if the run ended first."""
+def _assign(consumer, topic: str, from_now: bool, stop: _Stop, idle_timeout: float | None) -> dict | None:
+    """Assign every partition of ``topic`` (waiting for it to exist) and return their end
+    offsets; None if the run ended first."""
     from kafka import TopicPartition
 
     t0 = time.monotonic()
@@ -147,7 +151,7 @@ def _assign(consumer, topic: str, from_now: bool, stop: _Stop, idle_timeout: flo
             waited = True
         if stop.requested or (idle_timeout is not None and time.monotonic() - t0 > idle_timeout):
             log.warning("topic %r does not exist; no alerts read", topic)
-            return False
+            return None
         time.sleep(1.0)
     tps = [TopicPartition(topic, p) for p in sorted(parts)]
     consumer.assign(tps)
@@ -156,13 +160,13 @@ def _assign(consumer, topic: str, from_now: bool, stop: _Stop, idle_timeout: flo
     else:
         consumer.seek_to_beginning(*tps)
     log.info("reading %s (%d partitions) %s", topic, len(tps), "from now on" if from_now else "from the start")
-    return True
+    return consumer.end_offsets(tps)
 
 
 def _consume(args: argparse.Namespace, bootstrap: str, idle_timeout: float | None) -> list[Any]:
     """Read alerts until the run ends; print them as asked; return every decoded message value."""
-    from cyberstream.kafka_io import make_consumer
-    from detector.alert_summary import alert_problem
+    from alerts.summary import alert_problem
+    from cyberstream.kafka_io import at_end, make_consumer
 
     stop = _Stop()
     # Signal handlers can only be set from the main thread (the demo may run this elsewhere).
@@ -173,11 +177,15 @@ def _consume(args: argparse.Namespace, bootstrap: str, idle_timeout: float | Non
     seen: set[str] = set()
     invalid = 0
     try:
-        if not _assign(consumer, args.topic, args.from_now, stop, idle_timeout):
+        ends = _assign(consumer, args.topic, args.from_now, stop, idle_timeout)
+        if ends is None:
             return values
         last = time.monotonic()
         while not stop.requested:
             if args.max_alerts is not None and len(values) >= args.max_alerts:
+                break
+            if args.until_end and at_end(consumer, ends):
+                log.info("read the topic to its end offsets: the run is over")
                 break
             if idle_timeout is not None and time.monotonic() - last > idle_timeout:
                 log.info("no new alert for %.0f s: the run is over", idle_timeout)
@@ -238,7 +246,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"cyberstream alerts: {problem}", file=sys.stderr)
             return 2
     idle_timeout = args.idle_timeout
-    if idle_timeout is None and args.summary and args.max_alerts is None:
+    if idle_timeout is None and args.summary and args.max_alerts is None and not args.until_end:
         idle_timeout = DEFAULT_SUMMARY_IDLE_TIMEOUT
     try:
         bootstrap = resolve_bootstrap(args.bootstrap_servers)
@@ -268,8 +276,8 @@ def _model_metadata(model_dir: Path) -> dict[str, Any]:
 
 
 def _summarize(args: argparse.Namespace, values: list[Any], truth_path: Path) -> int:
-    from detector.alert_report import write_report
-    from detector.alert_summary import DEFAULT_CAMPAIGN_GAP_SECS, format_summary, summarize
+    from alerts.report import write_report
+    from alerts.summary import DEFAULT_CAMPAIGN_GAP_SECS, format_summary, summarize
     from training.data import read_events
     from training.labels import LabelSpec
 

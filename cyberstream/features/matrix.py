@@ -30,7 +30,24 @@ def make_engine(
     base_epoch: int = DEFAULT_BASE_EPOCH,
     max_events_per_connection: int | None = DEFAULT_MAX_EVENTS_PER_CONNECTION,
 ) -> FeatureEngine:
-    """A feature engine by name: ``"compiled"`` (fast) or ``"oracle"`` (featuretools)."""
+    """A feature engine by name: ``"compiled"`` (fast) or ``"oracle"`` (featuretools).
+
+    Window features (of the connection) go to that engine; history features (of the
+    cutoff's event, :mod:`.history`) to the history engine of the same name, and a
+    :class:`CombinedEngine` puts their columns together in saved order.
+    """
+    from .history import HistoryEngine, HistoryOracleEngine, is_history_feature  # noqa: PLC0415
+
+    history_defs = [f for f in feature_defs if is_history_feature(f)]
+    if history_defs:
+        window_defs = [f for f in feature_defs if not is_history_feature(f)]
+        window = make_engine(engine, window_defs, window_secs, kind=kind, base_epoch=base_epoch,
+                             max_events_per_connection=max_events_per_connection)  # fmt: skip
+        if engine not in ENGINES:
+            raise ValueError(f"unknown feature engine {engine!r}; choose one of {ENGINES}")
+        history_cls = HistoryEngine if engine == "compiled" else HistoryOracleEngine
+        history = history_cls(history_defs, window_secs, kind=kind, base_epoch=base_epoch)
+        return CombinedEngine(window, history, [n for f in feature_defs for n in f.get_feature_names()])
     if engine == "compiled":
         from .compiled import CompiledEngine
 
@@ -48,6 +65,52 @@ def make_engine(
         base_epoch=base_epoch,
         max_events_per_connection=max_events_per_connection,
     )
+
+
+class CombinedEngine:
+    """Window features and history features of the same cutoffs, as one engine.
+
+    Both engines see every event; the history engine also takes events older than the
+    window (:meth:`observe_history`), which the detector replays when it rebuilds its state.
+    """
+
+    needs_history = True
+
+    def __init__(self, window: FeatureEngine, history: FeatureEngine, names: list[str]) -> None:
+        self.window, self.history, self.names = window, history, names
+        self.window_secs, self.kind = window.window_secs, window.kind
+
+    def observe(self, event) -> None:
+        self.window.observe(event)
+        self.history.observe(event)
+
+    def observe_many(self, events) -> None:
+        self.window.observe_many(events)
+        self.history.observe_many(events)
+
+    def observe_frame(self, events: pd.DataFrame) -> None:
+        self.window.observe_frame(events)
+        self.history.observe_frame(events)
+
+    def observe_history(self, event) -> None:
+        """An event older than the window: it counts for the history features only."""
+        self.history.observe(event)
+
+    def features_at(self, cutoffs: Sequence[Cutoff]) -> pd.DataFrame:
+        a = self.window.features_at(cutoffs)
+        b = self.history.features_at(cutoffs)
+        columns = {n: (a[n] if n in a.columns else b[n]).array for n in self.names}
+        return pd.DataFrame._from_arrays(list(columns.values()), columns=pd.Index(self.names), index=a.index,
+                                         verify_integrity=False)  # fmt: skip
+
+    def advance(self, watermark_secs: int) -> None:
+        self.window.advance(watermark_secs)
+        self.history.advance(watermark_secs)
+
+    def stats(self):
+        w, h = self.window.stats(), self.history.stats()
+        return type(w)(**{**w.__dict__, "state_bytes": w.state_bytes + h.state_bytes,
+                          "capped_events": w.capped_events + h.capped_events})  # fmt: skip
 
 
 def _ids_and_secs(cutoffs: Sequence[Cutoff] | pd.DataFrame) -> tuple[list[str], np.ndarray]:

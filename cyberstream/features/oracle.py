@@ -32,7 +32,6 @@ import pandas as pd
 from cyberstream.config import DEFAULT_BASE_EPOCH
 from cyberstream.connections import DEFAULT_CONNECTION, connection_fields, connection_id
 from cyberstream.schema import ATTRIBUTE_FIELDS, EVENT_FIELDS, IDENTITY_FIELDS, Event
-from training.entityset import build_entityset, target_index, to_time
 
 from .base import (
     DEFAULT_MAX_EVENTS_PER_CONNECTION,
@@ -43,6 +42,7 @@ from .base import (
     make_column,
     output_kind,
 )
+from .entityset import build_entityset, target_index, to_time
 
 log = logging.getLogger(__name__)
 

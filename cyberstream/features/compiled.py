@@ -41,7 +41,6 @@ import pandas as pd
 from cyberstream.config import DEFAULT_BASE_EPOCH
 from cyberstream.connections import DEFAULT_CONNECTION, SEPARATOR, connection_fields
 from cyberstream.schema import ATTRIBUTE_FIELDS, IDENTITY_FIELDS, Event
-from training.entityset import PAIR_INDEX, target_index
 
 from . import kernels as k
 from .base import (
@@ -52,6 +51,7 @@ from .base import (
     frame_of,
     make_column,
 )
+from .entityset import PAIR_INDEX, target_index
 from .oracle import OracleEngine
 from .plan import TARGET_COLUMN, TARGET_LOG, TARGET_PAIRS, PairValue, Spec, compile_plan
 

@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from cyberstream.connections import DEFAULT_CONNECTION, SEPARATOR, connection_fields
-from detector.alerts import alert_schema
+from cyberstream.schema import alert_schema
 from training.labels import LabelSpec, label_times
 
 DAY = 86_400

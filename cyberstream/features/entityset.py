@@ -10,6 +10,14 @@ window needs one (numeric time indexes make ``training_window`` fail); ``secs`` 
 ordinary numeric column, as in the demo. Last-time indexes are added so a training window
 keeps parents that were *active* in the window, not only those *first seen* in it.
 The ``label`` column never enters the EntitySet.
+
+With ``history=True`` the same EntitySet gains the parents an attacker changes: the
+event's user (``users``, from ``src_name``), source host, destination host, and the three
+edges between them (user -> source host, source -> destination host, user -> destination
+host), each a parent of ``log`` (:data:`HISTORY_PARENTS`). The history features
+(:mod:`training.dfs`, target ``log``: the cutoff's own event) are aggregations of these
+parents over every event so far, and over the recent window through the primitives of
+:mod:`cyberstream.features.primitives`.
 """
 
 from __future__ import annotations
@@ -26,6 +34,18 @@ LOG = "log"
 PAIRS = "name_host_pairs"
 PAIR_INDEX = "name_host_pair"
 TIME = "time"
+
+#: history parents of ``log``: dataframe name -> (index column, the event fields it joins).
+HISTORY_PARENTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "users": ("user", ("src_name",)),
+    "source_hosts": ("source_host", ("src_host",)),
+    "destination_hosts": ("destination_host", ("dest_host",)),
+    "user_sources": ("user_source", ("src_name", "src_host")),
+    "source_destinations": ("source_destination", ("src_host", "dest_host")),
+    "user_destinations": ("user_destination", ("src_name", "dest_host")),
+}
+#: the columns of ``log`` that name a history parent
+HISTORY_KEYS: tuple[str, ...] = tuple(index for index, _ in HISTORY_PARENTS.values())
 
 
 def target_dataframe(kind: str = DEFAULT_CONNECTION) -> str:
@@ -53,11 +73,14 @@ def _join(df: pd.DataFrame, fields: tuple[str, ...]) -> pd.Series:
     return out
 
 
-def log_frame(events: pd.DataFrame, kind: str = DEFAULT_CONNECTION, base_epoch: int = DEFAULT_BASE_EPOCH) -> pd.DataFrame:
+def log_frame(
+    events: pd.DataFrame, kind: str = DEFAULT_CONNECTION, base_epoch: int = DEFAULT_BASE_EPOCH, *, history: bool = False
+) -> pd.DataFrame:
     """The ``log`` dataframe from events (columns of the schema plus ``log_id``).
 
-    Adds ``time``, ``name_host_pair`` and the connection id; drops ``label`` if present.
-    Attribute fields keep missing values as NaN.
+    Adds ``time``, ``name_host_pair`` and the connection id (and, with ``history``, the
+    keys of :data:`HISTORY_PARENTS`); drops ``label`` if present. Attribute fields keep
+    missing values as NaN.
     """
     df = events.drop(columns=["label"], errors="ignore").copy()
     df["secs"] = df["secs"].astype("int64")
@@ -65,6 +88,9 @@ def log_frame(events: pd.DataFrame, kind: str = DEFAULT_CONNECTION, base_epoch: 
     df[PAIR_INDEX] = _join(df, IDENTITY_FIELDS)
     if kind != "name_host_pair":
         df[target_index(kind)] = _join(df, connection_fields(kind))
+    if history:
+        for index, fields in HISTORY_PARENTS.values():
+            df[index] = _join(df, fields)
     return df
 
 
@@ -74,12 +100,14 @@ def build_entityset(
     base_epoch: int = DEFAULT_BASE_EPOCH,
     *,
     prepared: bool = False,
+    history: bool = False,
 ) -> ft.EntitySet:
     """Build the ``log -> name_host_pairs -> <connections>`` EntitySet from events.
 
-    ``prepared=True`` means ``events`` already went through :func:`log_frame`.
+    ``prepared=True`` means ``events`` already went through :func:`log_frame` (with the
+    same ``history``). ``history=True`` adds the parents of :data:`HISTORY_PARENTS`.
     """
-    df = events if prepared else log_frame(events, kind, base_epoch)
+    df = events if prepared else log_frame(events, kind, base_epoch, history=history)
     conn_fields = connection_fields(kind)
     conn_index = target_index(kind)
     columns = ["log_id", "secs", TIME, PAIR_INDEX, *IDENTITY_FIELDS, *ATTRIBUTE_FIELDS]
@@ -89,6 +117,9 @@ def build_entityset(
     logical_types.update({"secs": Integer, TIME: Datetime})
     if kind != "name_host_pair":
         logical_types[conn_index] = Categorical
+    if history:
+        columns.extend(HISTORY_KEYS)
+        logical_types.update({key: Categorical for key in HISTORY_KEYS})
     es = ft.EntitySet(id="cyberstream")
     es.add_dataframe(
         dataframe_name=LOG,
@@ -115,5 +146,8 @@ def build_entityset(
             additional_columns=list(conn_fields),
             make_time_index=True,
         )
+    if history:
+        for name, (index, _) in HISTORY_PARENTS.items():
+            es.normalize_dataframe(base_dataframe_name=LOG, new_dataframe_name=name, index=index, make_time_index=True)
     es.add_last_time_indexes()
     return es

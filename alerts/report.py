@@ -8,7 +8,7 @@ opened anywhere:
    (positive label). The detector publishes only alerts, so these are the scores of
    *alerted* cutoffs: everything below the threshold is not seen here;
 3. a detection timeline per campaign: its malicious events and the alerts on its
-   connections (see :mod:`detector.alert_summary` for what a campaign is).
+   connections (see :mod:`alerts.summary` for what a campaign is).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from detector.alert_summary import (
+from alerts.summary import (
     DAY,
     NEGATIVE,
     POSITIVE,

@@ -41,7 +41,8 @@ import pandas as pd
 from woodwork.logical_types import Boolean, BooleanNullable, Categorical, IntegerNullable
 
 from cyberstream.schema import Event
-from training.entityset import target_index
+
+from .entityset import target_index
 
 #: One cutoff: (connection id, cutoff second).
 Cutoff = tuple[str, int]

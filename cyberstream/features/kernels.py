@@ -1,6 +1,6 @@
 """The compiled engine's inner loops (numba): window state updated per event, rows per cutoff.
 
-State lives in numpy arrays owned by :class:`~detector.features.compiled.CompiledEngine` and
+State lives in numpy arrays owned by :class:`~cyberstream.features.compiled.CompiledEngine` and
 passed in on every call; these functions read and update it in place. When a pool runs out
 of room they stop and say so (``meta[FULL]``); the Python side grows it and calls again.
 
