@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 # Re-install whenever pyproject.toml changes.
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: install test lint unit integration demo clean
+.PHONY: install test lint unit integration demo images engine engine-stop clean
 
 install: $(STAMP)
 
@@ -34,6 +34,19 @@ integration: install
 
 demo: install
 	$(BIN)/cyberstream demo $(DEMO_ARGS)
+
+# The app and Kafka images, from upstream bases or, with no registry, offline (README: Docker).
+# EXTRA_CA=/path/ca.pem: a CA the app image's build trusts (TLS-intercepting proxy).
+images: install
+	$(BIN)/python -m cyberstream.images $(if $(EXTRA_CA),--extra-ca $(EXTRA_CA)) $(IMAGES_ARGS)
+
+# A Docker engine on $$DOCKER_HOST (installed and started if missing, as root), then `make images`.
+# Only CI (.ci/run) or a user who asks runs it; `make engine-stop` stops an engine it started.
+engine:
+	scripts/engine.sh start
+
+engine-stop:
+	scripts/engine.sh stop
 
 
 clean:

@@ -21,6 +21,9 @@ DEFAULT_MODEL_DIR = Path("models")
 #: ``secs`` (LANL's ``secs`` count from an undisclosed start; any fixed base works).
 DEFAULT_BASE_EPOCH = 1_577_836_800  # 2020-01-01T00:00:00Z, in seconds
 
+#: docker-compose.yml publishes its Kafka's HOST listener on this port of the host.
+DEFAULT_COMPOSE_KAFKA_PORT = 29092
+
 #: environment variable -> what it sets
 ENV: dict[str, str] = {
     "KAFKA_BOOTSTRAP_SERVERS": "broker address host:port[,host:port] (default: the local broker's state file)",
@@ -33,6 +36,7 @@ ENV: dict[str, str] = {
     "CYBERSTREAM_DATA": f"the CSV to replay or train on (default {DEFAULT_DATA_PATH})",
     "CYBERSTREAM_MODEL_DIR": f"model directory (default {DEFAULT_MODEL_DIR})",
     "CYBERSTREAM_HOME": "run-time state directory (default ./var)",
+    "CYBERSTREAM_KAFKA_PORT": f"host port of docker-compose.yml's Kafka (default {DEFAULT_COMPOSE_KAFKA_PORT})",
 }
 
 

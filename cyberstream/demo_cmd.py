@@ -1,7 +1,9 @@
 """Replay ten days end to end and show the alerts (what `make demo` runs).
 
 1. Broker: $KAFKA_BOOTSTRAP_SERVERS if set; else Docker Compose's Kafka if a Docker engine
-   answers; else the local broker (a running one, or one started here and stopped at the end).
+   answers and can serve it (Compose installed, the Kafka image built or buildable); else the
+   local broker (a running one, or one started here and stopped at the end), with one line
+   saying why the engine could not serve.
 2. Data: data/CyberFLTenDays.csv if it exists (put the real LANL file there), otherwise
    ten generated days.
 3. Model: trained into models/ if models/metadata.json is missing.
@@ -17,7 +19,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -25,11 +26,15 @@ import time
 import uuid
 from pathlib import Path
 
-from cyberstream import config
+from cyberstream import config, images
 
 log = logging.getLogger("cyberstream.demo")
 
-COMPOSE_BOOTSTRAP = "localhost:29092"
+COMPOSE_FILE = images.ROOT / "docker-compose.yml"
+COMPOSE_PROJECT = "cyberstream"
+#: Seconds for `compose up -d kafka` (which may build the image from apache/kafka) and for health.
+COMPOSE_UP_TIMEOUT = 600
+COMPOSE_HEALTH_TIMEOUT = 180
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -61,7 +66,7 @@ class Demo:
     def __init__(self) -> None:
         self.children: list[subprocess.Popen] = []
         self.broker = None
-        self.compose = False
+        self.compose: list[str] | None = None  # the compose command whose kafka the demo started
 
     def run(self, args: list[str], **kwargs) -> None:
         proc = self.start(args, **kwargs)
@@ -86,17 +91,67 @@ class Demo:
         if self.broker is not None:
             log.info("stopping the local broker the demo started")
             self.broker.stop()
+        self.stop_compose()
+
+    def stop_compose(self) -> None:
         if self.compose:
-            subprocess.run(["docker", "compose", "stop", "kafka"], check=False)
+            log.info("stopping Docker Compose's kafka service")
+            subprocess.run([*self.compose, "stop", "kafka"], check=False, capture_output=True)
+            self.compose = None
 
 
-def _docker_engine_answers() -> bool:
-    if shutil.which("docker") is None:
-        return False
+def compose_bootstrap() -> str:
+    """The compose Kafka's address on the host (its HOST listener, docker-compose.yml)."""
+    return f"127.0.0.1:{config.env_int('CYBERSTREAM_KAFKA_PORT', config.DEFAULT_COMPOSE_KAFKA_PORT)}"
+
+
+def _reason(output: str) -> str:
+    """The telling line of a failed compose command: its last error (v1 ends with a generic one)."""
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "error" in ln.lower() and not ln.startswith("Encountered errors")]
+    line = (errors or lines or ["no output"])[-1]
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
+def _kafka_health(compose: list[str]) -> str:
+    """The health of the compose kafka container: healthy, starting, unhealthy, or why unknown."""
+    ids = subprocess.run([*compose, "ps", "-q", "kafka"], capture_output=True, text=True, timeout=60).stdout.split()
+    if not ids:
+        return "no kafka container"
+    proc = images.docker("inspect", "--format", "{{.State.Status}} {{.State.Health.Status}}", ids[0], timeout=30)
+    state, _, health = proc.stdout.strip().partition(" ")
+    return health if state == "running" else f"kafka container {state or 'gone'}"
+
+
+def compose_kafka(demo: Demo) -> str | None:
+    """Start Compose's kafka service and wait until healthy. None when it serves; else why not
+    (and whatever was started is stopped)."""
+    compose_cmd = images.compose_command()
+    if compose_cmd is None:
+        return "no Docker Compose (neither the `docker compose` plugin nor docker-compose)"
+    compose = [*compose_cmd, "-f", str(COMPOSE_FILE), "-p", COMPOSE_PROJECT]
+    log.info("broker: Docker Compose's kafka service (%s)", images.KAFKA_IMAGE)
     try:
-        return subprocess.run(["docker", "info"], capture_output=True, timeout=10).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
+        up = subprocess.run([*compose, "up", "-d", "kafka"], capture_output=True, text=True, timeout=COMPOSE_UP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        return f"`compose up kafka` did not finish in {COMPOSE_UP_TIMEOUT} s"
+    if up.returncode != 0:
+        why = f"`compose up kafka` failed: {_reason(up.stdout + up.stderr)}"
+        if not images.image_present(images.KAFKA_IMAGE):
+            why += f"; {images.KAFKA_IMAGE} is not built (make images)"
+        return why
+    demo.compose = compose
+    deadline = time.monotonic() + COMPOSE_HEALTH_TIMEOUT
+    health = "starting"
+    while time.monotonic() < deadline:
+        health = _kafka_health(compose)
+        if health == "healthy":
+            return None
+        if health not in ("starting", "unhealthy"):
+            break
+        time.sleep(2)
+    demo.stop_compose()
+    return f"compose's kafka is not healthy ({health})"
 
 
 def _find_broker(demo: Demo) -> tuple[str, bool]:
@@ -105,11 +160,11 @@ def _find_broker(demo: Demo) -> tuple[str, bool]:
     if given:
         log.info("broker: %s (KAFKA_BOOTSTRAP_SERVERS)", given)
         return given, False
-    if _docker_engine_answers():
-        log.info("broker: Docker Compose's kafka service")
-        subprocess.run(["docker", "compose", "up", "-d", "--wait", "kafka"], check=True)
-        demo.compose = True
-        return COMPOSE_BOOTSTRAP, False
+    if images.engine_problem() is None:
+        why = compose_kafka(demo)
+        if why is None:
+            return compose_bootstrap(), False
+        log.warning("the Docker engine cannot serve the stack (%s): using the local broker", why)
     from cyberstream.broker import BrokerError, LocalBroker
 
     broker = LocalBroker(config.state_dir())
@@ -117,7 +172,7 @@ def _find_broker(demo: Demo) -> tuple[str, bool]:
     if running is not None:
         log.info("broker: the local broker already running at %s", running.bootstrap)
         return running.bootstrap, False
-    log.info("broker: starting a local Apache Kafka (no Docker engine, no KAFKA_BOOTSTRAP_SERVERS)")
+    log.info("broker: starting a local Apache Kafka (no KAFKA_BOOTSTRAP_SERVERS, no Docker Compose Kafka)")
     try:
         st = broker.start()
     except BrokerError as exc:

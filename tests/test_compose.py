@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cyberstream import config
+from cyberstream import config, images
 from cyberstream.broker import KAFKA_VERSION, POM, _server_properties
 from cyberstream.cli import COMMANDS, build_parser
 
@@ -117,14 +117,6 @@ def cyberstream_argv(service: dict) -> list[str]:
 COMPOSE_SCHEMA = ROOT / "tests" / "data" / "compose-spec.json"
 
 
-def _compose_v2() -> list[str] | None:
-    """`docker compose` (v2) if installed. Compose v1 (`docker-compose`) is never used: it
-    predates the Compose Specification and refuses its top-level ``name:``."""
-    if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
-        return ["docker", "compose"]
-    return None
-
-
 def test_compose_file_is_valid_compose(capsys):
     import jsonschema
 
@@ -132,15 +124,17 @@ def test_compose_file_is_valid_compose(capsys):
               jsonschema.Draft7Validator(json.loads(COMPOSE_SCHEMA.read_text())).iter_errors(compose())]  # fmt: skip
     assert not errors, errors
     validators = [f"the Compose Specification schema ({COMPOSE_SCHEMA.name})"]
-    cmd = _compose_v2()
+    # v2, or Debian's v1: the file is written for both (test_compose_stack runs it with either)
+    cmd = images.compose_command()
     if cmd is not None:  # `config` also resolves what the schema cannot (files, variables); it needs no engine
         proc = subprocess.run([*cmd, "-f", str(COMPOSE), "config", "--quiet"], capture_output=True, text=True, cwd=ROOT)
         assert proc.returncode == 0, proc.stderr
-        validators.append("`docker compose config`")
+        validators.append(f"`{' '.join(cmd)} config`")
     with capsys.disabled():
         print(f"\n{COMPOSE.name} validated with {' and '.join(validators)}")
     doc = compose()
-    assert set(doc) <= {"name", "services", "volumes", "networks"} | {k for k in doc if k.startswith("x-")}
+    # no top-level `name:`: Compose v1 (Debian's docker-compose) rejects it
+    assert set(doc) <= {"services", "volumes", "networks"} | {k for k in doc if k.startswith("x-")}
     assert set(doc["services"]) == {"kafka", *PROJECT_SERVICES}
     for name, svc in doc["services"].items():
         assert "image" in svc, name
@@ -149,7 +143,11 @@ def test_compose_file_is_valid_compose(capsys):
 def test_kafka_is_the_local_brokers_version_in_kraft_mode_with_its_single_node_settings():
     assert f"<kafka.version>{KAFKA_VERSION}</kafka.version>" in POM.read_text()
     kafka = services()["kafka"]
-    assert kafka["image"] == f"apache/kafka:{KAFKA_VERSION}"
+    assert kafka["image"] == images.KAFKA_IMAGE == f"cyberstream-kafka:{KAFKA_VERSION}"
+    # built by `make images`, or by `compose up --build` from the upstream image of that version
+    assert kafka["build"]["context"] == "docker/kafka"
+    upstream = (ROOT / "docker" / "kafka" / "Dockerfile").read_text()
+    assert f"ARG BASE={images.KAFKA_BASE}\nFROM ${{BASE}}" in upstream and images.KAFKA_BASE == f"apache/kafka:{KAFKA_VERSION}"
     env = {k: str(v) for k, v in kafka["environment"].items()}
     assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
     assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"] == f"{env['KAFKA_NODE_ID']}@kafka:9093"
@@ -166,9 +164,15 @@ def test_kafka_is_the_local_brokers_version_in_kraft_mode_with_its_single_node_s
     for key, value in local.items():
         if key in addresses or key == protocols:
             continue
-        var = "KAFKA_" + key.upper().replace(".", "_")
+        var = images.kafka_env_name(key)
         assert env.get(var) == value, f"{var} should be {value!r} like the local broker's {key}"
     assert env["KAFKA_LOG_RETENTION_MS"] == "-1"
+    # the host reaches the HOST listener on CYBERSTREAM_KAFKA_PORT (the demo's compose_bootstrap)
+    for port in ("39999", None):
+        got = compose({"CYBERSTREAM_KAFKA_PORT": port} if port else {})["services"]["kafka"]
+        host_port = port or str(config.DEFAULT_COMPOSE_KAFKA_PORT)
+        assert got["ports"] == [f"{host_port}:29092"] and "HOST://:29092" in got["environment"]["KAFKA_LISTENERS"]
+        assert f"HOST://127.0.0.1:{host_port}" in got["environment"]["KAFKA_ADVERTISED_LISTENERS"].split(",")
 
 
 def test_kafka_healthcheck_lists_topics_through_its_own_listener():
@@ -196,8 +200,7 @@ def test_dependencies_wait_for_health_and_successful_one_shots():
 
 def test_project_services_share_one_image_built_from_the_dockerfile_and_the_environment():
     svcs = services()
-    images = {svcs[n]["image"] for n in PROJECT_SERVICES}
-    assert len(images) == 1
+    assert {svcs[n]["image"] for n in PROJECT_SERVICES} == {images.APP_IMAGE}
     declared = set(compose()["volumes"])
     for name in PROJECT_SERVICES:
         svc = svcs[name]
@@ -243,6 +246,10 @@ def test_service_commands_are_valid_cyberstream_invocations():
         for attr in ("model_dir", "out"):
             if name in ("detector", "train") and getattr(args, attr, None) is not None:
                 assert str(getattr(args, attr)) == env["CYBERSTREAM_MODEL_DIR"], name
+    # the detector beside the producer's --speed max replay allows its lateness
+    assert cyberstream_argv(svcs["producer"])[cyberstream_argv(svcs["producer"]).index("--speed") + 1] == "max"
+    lateness = cyberstream_argv(svcs["detector"])
+    assert int(lateness[lateness.index("--allowed-lateness-secs") + 1]) == config.replay_lateness_secs("max")
     # generate/train skip work that is done: the CSV exists, the model's metadata exists
     assert '[ -s "$CYBERSTREAM_DATA" ]' in svcs["generate"]["command"][0]
     assert f'[ -s "$CYBERSTREAM_MODEL_DIR/{METADATA_FILE}" ]' in svcs["train"]["command"][0]
@@ -280,7 +287,10 @@ def test_topics_service_code_runs_against_a_real_broker(kafka_bootstrap, topic_n
 # --------------------------------------------------------------------------------------
 def test_dockerfile_slim_python_non_root_no_java_cyberstream_entrypoint():
     ins = dockerfile_instructions()
-    assert ins[0] == ("FROM", "python:3.11-slim")
+    # the base is python:3.11-slim unless `make images` builds offline (--build-arg BASE=...)
+    assert ins[:2] == [("ARG", f"BASE={images.PYTHON_BASE}"), ("FROM", "${BASE} AS build")]
+    assert images.PYTHON_BASE == "python:3.11-slim"
+    assert [a for w, a in ins if w == "FROM"] == ["${BASE} AS build", "${BASE}"]
     users = [arg for word, arg in ins if word == "USER"]
     assert users and users[-1] not in ("root", "0")
     last_run = max(i for i, (w, _) in enumerate(ins) if w == "RUN")
@@ -317,3 +327,42 @@ def test_dockerfile_installs_exactly_the_pinned_dependencies_of_pyproject(tmp_pa
     installs = [seg.strip() for a in runs for seg in a.split("&&") if "pip install" in seg]
     assert installs == [f"pip install -r {requirements}", "pip install --no-deps ."]
     assert any("pip check" in a for a in runs)
+
+
+# --------------------------------------------------------------------------------------
+# The offline Kafka image's entrypoint
+# --------------------------------------------------------------------------------------
+def test_offline_kafka_entrypoint_turns_the_environment_into_the_local_brokers_properties(tmp_path):
+    """docker/kafka/bin/run reads KAFKA_* as apache/kafka does (a fake `java` records the calls)."""
+    home = tmp_path / "kafka"
+    (home / "config").mkdir(parents=True)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "java-calls"
+    fake_java = bin_dir / "java"
+    fake_java.write_text(f'#!/bin/sh\necho "$*" >> {calls}\n')
+    fake_java.chmod(0o755)
+    env = {
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "KAFKA_HOME": str(home),
+        "KAFKA_SOME___ODD__NAME": "x",  # "___" -> "_", "__" -> "-"
+        **images.kafka_container_env(39092, "6zmjYdxiTzSVTMPyn_yBuw"),
+    }
+    proc = subprocess.run(["bash", str(ROOT / "docker" / "kafka" / "bin" / "run")], env=env, capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    props = dict(line.split("=", 1) for line in (home / "config" / "server.properties").read_text().splitlines())
+    wanted = dict(ln.split("=", 1) for ln in _server_properties(39092, 9093, Path("/var/lib/kafka/data")).splitlines() if ln)
+    wanted["listeners"] = "PLAINTEXT://:39092,CONTROLLER://127.0.0.1:9093"
+    assert props == {**wanted, "some_odd-name": "x"}
+    format_call, server_call = calls.read_text().splitlines()
+    assert "kafka.tools.StorageTool format --ignore-formatted -t 6zmjYdxiTzSVTMPyn_yBuw" in format_call
+    assert server_call.endswith(f"kafka.Kafka {home}/config/server.properties") and "-Xmx512m" in server_call
+
+
+def test_offline_kafka_entrypoint_refuses_a_configuration_without_kraft_roles(tmp_path):
+    (tmp_path / "config").mkdir()
+    env = {"PATH": os.environ["PATH"], "KAFKA_HOME": str(tmp_path), "KAFKA_NODE_ID": "1"}
+    proc = subprocess.run(["bash", str(ROOT / "docker" / "kafka" / "bin" / "run")], env=env, capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 2 and "KAFKA_PROCESS_ROLES" in proc.stderr

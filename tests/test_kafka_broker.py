@@ -28,6 +28,15 @@ def _consume_until(consumer, n: int, timeout: float = 30.0) -> list:
 
 
 def test_keyed_messages_ordered_per_key_and_group_resumes_after_commit(kafka_bootstrap: str, topic_name: str):
+    check_keyed_order_and_resume(kafka_bootstrap, topic_name)
+
+
+def test_the_local_broker_too(local_kafka_bootstrap: str, topic_name: str):
+    """The local broker's path stays alive when the session's broker is a container."""
+    check_keyed_order_and_resume(local_kafka_bootstrap, topic_name)
+
+
+def check_keyed_order_and_resume(kafka_bootstrap: str, topic_name: str) -> None:
     counts = ensure_topics(kafka_bootstrap, {topic_name: PARTITIONS})
     assert counts == {topic_name: PARTITIONS}
 
