@@ -582,6 +582,23 @@ def test_an_alert_the_broker_refuses_blocks_the_commit_and_a_restart_publishes_i
     assert any(a["cutoff_secs"] == first_alert for a in alerts)
 
 
+def _save_checkpoint(det, offsets: dict) -> None:
+    """Write ``det``'s checkpoint with these offsets, as a commit point does."""
+    from detector import checkpoint
+
+    checkpoint.save(det.cfg.checkpoint_path, det._checkpoint(offsets))
+
+
+def _load_checkpoint(det):
+    """Restore ``det`` from its checkpoint, as a start does; the checkpoint (or None)."""
+    from detector import checkpoint
+
+    ckpt = checkpoint.load(det.cfg.checkpoint_path, [det.cfg.events_topic, det.cfg.labels_topic])
+    if ckpt is not None:
+        det._restore(ckpt)
+    return ckpt
+
+
 def test_the_cooldown_holds_across_idle_revival_and_a_restart(stream: dict):
     """Threshold 0 (every cutoff would alert) and a cooldown of three windows: a connection's
     second alert comes a cooldown after its first, though in between it went idle (dropped,
@@ -591,10 +608,10 @@ def test_the_cooldown_holds_across_idle_revival_and_a_restart(stream: dict):
     from cyberstream.schema import Event
 
     group = f"det-i-{uuid.uuid4().hex[:6]}"
-    first = _in_process(stream, group, threshold=0.0)
-    window = first.cfg.window_secs
+    window = json.loads((stream["models"] / "metadata.json").read_text())["window_secs"]
     cooldown = 3 * window
-    first.cfg.cooldown_secs = cooldown
+    first = _in_process(stream, group, threshold=0.0, cooldown_secs=cooldown)
+    assert first.cfg.window_secs == window
     u1, u2 = "U1@DOM1 / U1@DOM1", "U2@DOM1 / U2@DOM1"
 
     def events(user: str, secs: list[int], start_id: int) -> list:
@@ -602,21 +619,21 @@ def test_the_cooldown_holds_across_idle_revival_and_a_restart(stream: dict):
                                      "LogOn", "Success")) for i, s in enumerate(secs)]  # fmt: skip
 
     back = 1000 + 2 * window  # U1 comes back after two windows of silence
-    first.event_q = {0: deque(sorted(events("U1", [100, 200, 300, 400], 0)
+    first.merger.event_q = {0: deque(sorted(events("U1", [100, 200, 300, 400], 0)
                                      + events("U2", [1000 + j * window // 4 for j in range(8)], 10),
                                      key=lambda item: item[1].secs))}  # fmt: skip
     first._advance(final=True)
-    assert u1 in first.idle and u1 not in first.conns, "U1 went idle"
-    first.event_q[0].extend(events("U1", [back, back + 100], 20))
+    assert u1 in first.ledger.idle and u1 not in first.ledger.conns, "U1 went idle"
+    first.merger.event_q[0].extend(events("U1", [back, back + 100], 20))
     first._advance(final=True)
     first._flush_scores()
-    assert u1 in first.conns and first.conns[u1].n_seen == 6, "U1 was revived with its count"
-    first._save_checkpoint({"events": {0: 22}, "labels": {}})
+    assert u1 in first.ledger.conns and first.ledger.conns[u1].n_seen == 6, "U1 was revived with its count"
+    _save_checkpoint(first, {"events": {0: 22}, "labels": {}})
     first.producer.flush()
 
     restarted = _in_process(stream, group, threshold=0.0, cooldown_secs=cooldown)
-    assert restarted._load_checkpoint() is not None
-    restarted.event_q = {0: deque(events("U1", [300 + cooldown - 50, 300 + cooldown, 300 + cooldown + 100], 30))}
+    assert _load_checkpoint(restarted) is not None
+    restarted.merger.event_q = {0: deque(events("U1", [300 + cooldown - 50, 300 + cooldown, 300 + cooldown + 100], 30))}
     restarted._advance(final=True)
     restarted._flush_scores()
     restarted.producer.flush()
@@ -680,26 +697,26 @@ def test_a_dead_letter_behind_queued_events_is_committed_only_once_they_are_proc
                                     "Success").to_json())  # fmt: skip
 
     first = _in_process(stream, group, dlq_topic=f"dlq-{group}")
-    first.event_q = {0: deque()}
-    first._enqueue({(topic, 0): [good(0, 100), good(1, 200), good(2, 300), Record(3, b"garbage")]})
-    assert first.next_event_offset == {} and first.skipped_events == {0: 4}
+    first.merger.event_q = {0: deque()}
+    first.merger.enqueue({(topic, 0): [good(0, 100), good(1, 200), good(2, 300), Record(3, b"garbage")]})
+    assert first.merger.next_event_offset == {} and first.merger.skipped_events == {0: 4}
     first._process_second(100)
-    assert first.next_event_offset == {0: 1}, "the dead letter must wait for offsets 1 and 2"
-    first._save_checkpoint({"events": dict(first.next_event_offset), "labels": {}})
+    assert first.merger.next_event_offset == {0: 1}, "the dead letter must wait for offsets 1 and 2"
+    _save_checkpoint(first, {"events": dict(first.merger.next_event_offset), "labels": {}})
     first.producer.flush()
 
     restarted = _in_process(stream, group, dlq_topic=f"dlq-{group}")
-    saved = restarted._load_checkpoint()
-    restarted.next_event_offset = dict(saved["offsets"]["events"])  # what an assignment resumes at
-    restarted.event_q = {0: deque()}
-    restarted._enqueue({(topic, 0): [good(1, 200), good(2, 300), Record(3, b"garbage")]})
-    assert restarted.next_event_offset == {0: 1} and restarted.skipped_events == {0: 4}
+    saved = _load_checkpoint(restarted)
+    restarted.merger.next_event_offset = dict(saved.offsets["events"])  # what an assignment resumes at
+    restarted.merger.event_q = {0: deque()}
+    restarted.merger.enqueue({(topic, 0): [good(1, 200), good(2, 300), Record(3, b"garbage")]})
+    assert restarted.merger.next_event_offset == {0: 1} and restarted.merger.skipped_events == {0: 4}
     restarted._process_second(200)
-    assert restarted.next_event_offset == {0: 2}
+    assert restarted.merger.next_event_offset == {0: 2}
     restarted._process_second(300)
-    assert restarted.next_event_offset == {0: 4} and restarted.skipped_events == {}, "drained: past the letter"
-    restarted._enqueue({(topic, 0): [Record(4, b"garbage")]})  # nothing queued before it: counted at once
-    assert restarted.next_event_offset == {0: 5}
+    assert restarted.merger.next_event_offset == {0: 4} and restarted.merger.skipped_events == {}, "drained: past the letter"
+    restarted.merger.enqueue({(topic, 0): [Record(4, b"garbage")]})  # nothing queued before it: counted at once
+    assert restarted.merger.next_event_offset == {0: 5}
     restarted.producer.flush()
     letters = read_topic(stream["bootstrap"], f"dlq-{group}")
     assert sorted(d["source"] for d in letters) == [f"{topic}[0]@3", f"{topic}[0]@3", f"{topic}[0]@4"]
