@@ -46,7 +46,7 @@ from featuretools.feature_base import AggregationFeature, DirectFeature, Identit
 from featuretools.primitives import Count, NumUnique, TimeSince
 
 from cyberstream.config import DEFAULT_BASE_EPOCH
-from cyberstream.connections import DEFAULT_CONNECTION, connection_fields
+from cyberstream.connections import DEFAULT_CONNECTION, SEPARATOR, connection_fields, connection_id_of
 from cyberstream.schema import ATTRIBUTE_FIELDS, EVENT_FIELDS, IDENTITY_FIELDS, Event
 
 from .base import Cutoff, EngineStats, frame, make_column, output_kind
@@ -185,8 +185,7 @@ class HistoryEngine:
             self._end_sources.append((self.parents.index(edge), end, counters))
         self._attr_index = {f: i for i, f in enumerate(ATTRIBUTE_FIELDS)}
         self._attrs = attrgetter(*ATTRIBUTE_FIELDS)
-        self._conn = attrgetter(*connection_fields(kind))
-        self._conn_single = len(connection_fields(kind)) == 1
+        self._conn = connection_id_of(kind)
         self._pending: list[Event] = []  # observed events; those before ``_done`` are applied
         self._done = 0
         self._unsorted = False
@@ -270,8 +269,7 @@ class HistoryEngine:
                 entry[_RECENT] += 1
                 entry[_LAST] = t
             window_append((t, keys))
-            cid = self._conn(e)
-            self._last[cid if self._conn_single else " / ".join(cid)] = (t, self._attrs(e), keys)
+            self._last[self._conn(e)] = (t, self._attrs(e), keys)
         if n > 4096 and n * 2 > len(pending):  # forget applied events now and then, not at every call
             del pending[:n]
             n = 0
@@ -417,7 +415,7 @@ def last_events(events: pd.DataFrame, cutoffs: Sequence[Cutoff], kind: str = DEF
     fields = connection_fields(kind)
     conn = events[fields[0]].astype(str)
     for f in fields[1:]:
-        conn = conn + " / " + events[f].astype(str)
+        conn = conn + SEPARATOR + events[f].astype(str)
     ordered = pd.DataFrame({"c": conn.to_numpy(), "secs": events["secs"].to_numpy(np.int64),
                             "log_id": events["log_id"].to_numpy(np.int64)}).sort_values(["c", "secs", "log_id"])  # fmt: skip
     out = np.empty(len(cutoffs), dtype=np.int64)
