@@ -124,3 +124,24 @@ def test_combined_engine_and_model_directory_round_trip(tmp_path) -> None:
     engine2.observe_frame(events)
     fm2 = engine2.features_at([(f"{last.src_name} / {last.dest_name}", int(last.secs))])
     assert not _compare(fm2, fm)
+
+
+def test_a_model_whose_history_primitives_do_not_load_is_refused_with_advice(tmp_path) -> None:
+    """Definitions naming a primitive this version does not have (e.g. saved before a module
+    moved) give ModelLoadError with what to do, not a featuretools traceback."""
+    import json
+
+    from sklearn.dummy import DummyClassifier
+
+    from training.model import ModelLoadError, sha256_file
+
+    events = random_stream(7, n_events=300)
+    features = dfs.feature_definitions(events.head(200))[0] + dfs.history_feature_definitions(events.head(200))[0]
+    save_model(tmp_path, DummyClassifier().fit([[0], [1]], [0, 1]), features, {"threshold": 0.5})
+    path = tmp_path / "history_features.json"
+    path.write_text(path.read_text().replace("cyberstream.features.primitives", "gone.module"))
+    meta = json.loads((tmp_path / "metadata.json").read_text())
+    meta["history_features_sha256"] = sha256_file(path)  # a consistent directory, only the primitive is unknown
+    (tmp_path / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelLoadError, match="do not load with this version.*retrain"):
+        load_model(tmp_path)
